@@ -1,0 +1,273 @@
+"""vLLM's real HTTP app around a fake engine, for any release 0.15+ (picked by introspection, not by
+version number): vLLM's arg parser, engine config, renderer/tokenizer and input processor, `build_app`,
+`init_app_state`, middlewares and routes. Only the engine is fake: it records the prompt it is given
+and replays a scripted completion, so both routes can be compared on the same engine output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import inspect
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def _first_attr(candidates: Sequence[tuple[str, str]]) -> Any:
+    errors = []
+    for module_name, attribute in candidates:
+        try:
+            return getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as exc:
+            errors.append(f"{module_name}.{attribute}: {exc}")
+    raise ImportError("; ".join(errors))
+
+
+def _call_with_supported(fn: Any, **kwargs: Any) -> Any:
+    """Call `fn` with the keyword arguments its signature accepts (signatures differ per release)."""
+    params = inspect.signature(fn).parameters
+    return fn(**{name: value for name, value in kwargs.items() if name in params})
+
+
+def make_arg_parser() -> Any:
+    make = _first_attr(
+        [
+            ("vllm.entrypoints.common.cli_args", "make_arg_parser"),
+            ("vllm.entrypoints.launchers.cli_args", "make_arg_parser"),
+            ("vllm.entrypoints.openai.cli_args", "make_arg_parser"),
+        ]
+    )
+    flexible = _first_attr([("vllm.utils.argparse_utils", "FlexibleArgumentParser"), ("vllm.utils", "FlexibleArgumentParser")])
+    return make(flexible(description="test"))
+
+
+def app_functions() -> tuple[Any, Any]:
+    """`build_app` and `init_app_state` of this release."""
+    build_app = _first_attr([("vllm.entrypoints.launchers.app", "build_app"), ("vllm.entrypoints.openai.api_server", "build_app")])
+    init_app_state = _first_attr(
+        [
+            ("vllm.entrypoints.launchers.api_server.app_state", "init_app_state"),
+            ("vllm.entrypoints.openai.api_server", "init_app_state"),
+        ]
+    )
+    return build_app, init_app_state
+
+
+# --- the fake engine ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Script:
+    """What the fake engine "samples": output text and its token ids, streamed one token per step."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str = "stop"
+
+
+def _output_objects(request_id: str, prompt: dict[str, Any], token_ids: list[int], text: str, finished: bool, finish_reason: str | None) -> Any:
+    from vllm.outputs import CompletionOutput, RequestOutput
+
+    names = {f.name for f in dataclasses.fields(CompletionOutput)}
+    completion_kwargs = {
+        "index": 0,
+        "text": text,
+        "token_ids": list(token_ids),
+        "cumulative_logprob": None,
+        "logprobs": None,
+        "finish_reason": finish_reason,
+        "stop_reason": None,
+    }
+    completion = CompletionOutput(**{k: v for k, v in completion_kwargs.items() if k in names})
+    return _call_with_supported(
+        RequestOutput,
+        request_id=request_id,
+        prompt=prompt.get("prompt"),
+        prompt_token_ids=list(prompt["prompt_token_ids"]),
+        prompt_logprobs=None,
+        outputs=[completion],
+        finished=finished,
+    )
+
+
+def make_engine_class() -> type:
+    """A concrete subclass of this release's `EngineClient`: abstract members get harmless stubs."""
+    from vllm.engine.protocol import EngineClient
+
+    namespace: dict[str, Any] = {}
+    defaults = {"is_running": True, "is_stopped": False, "errored": False, "dead_error": RuntimeError("dead")}
+    for name in getattr(EngineClient, "__abstractmethods__", ()):
+        static = inspect.getattr_static(EngineClient, name)
+        if isinstance(static, property):
+            namespace[name] = property(lambda self, _n=name: defaults.get(_n))
+        elif inspect.iscoroutinefunction(static):
+
+            async def _async_stub(self: Any, *args: Any, **kwargs: Any) -> Any:
+                return None
+
+            namespace[name] = _async_stub
+        else:
+
+            def _stub(self: Any, *args: Any, **kwargs: Any) -> Any:
+                return None
+
+            namespace[name] = _stub
+    for name, value in defaults.items():
+        namespace[name] = property(lambda self, _v=value: _v)
+    for name in ("generate", "get_supported_tasks", "get_tokenizer", "is_tracing_enabled", "get_model_config", "get_vllm_config", "check_health", "do_log_stats", "check_admission"):
+        namespace[name] = getattr(FakeEngineMixin, name)
+    return type("FakeEngineClient", (FakeEngineMixin, EngineClient), namespace)
+
+
+class FakeEngineMixin:
+    """Records every prompt and replays `script`."""
+
+    def _setup(self, vllm_config: Any) -> None:
+        from vllm.v1.engine.input_processor import InputProcessor
+
+        self.vllm_config = vllm_config
+        self.model_config = vllm_config.model_config
+        self.prompts: list[dict[str, Any]] = []
+        self.sampling_params: list[Any] = []
+        self.script = Script(text="Hello there", token_ids=[])
+        try:
+            from vllm.renderers import renderer_from_config
+        except ImportError:
+            renderer_from_config = None
+        if renderer_from_config is not None and len(inspect.signature(InputProcessor).parameters) >= 2:
+            self.renderer = renderer_from_config(vllm_config)
+            self.input_processor = InputProcessor(vllm_config, self.renderer)
+        else:
+            self.input_processor = InputProcessor(vllm_config)
+            self.renderer = self.input_processor.renderer
+        self.io_processor = None
+        self.tokenizer = getattr(self.renderer, "tokenizer", None)
+
+    async def generate(self, prompt: Any, sampling_params: Any, request_id: str, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        if hasattr(prompt, "prompt_token_ids") and not isinstance(prompt, dict):  # an EngineCoreRequest
+            prompt = {"prompt_token_ids": list(prompt.prompt_token_ids), "prompt": kwargs.get("prompt_text")}
+        prompt = dict(prompt)
+        self.prompts.append(prompt)
+        self.sampling_params.append(sampling_params)
+        script = self.script
+        token_ids = script.token_ids or self.tokenizer.encode(script.text, add_special_tokens=False)
+        max_tokens = getattr(sampling_params, "max_tokens", None)
+        finish_reason = script.finish_reason
+        if max_tokens is not None and len(token_ids) > max_tokens:
+            token_ids = token_ids[:max_tokens]
+            finish_reason = "length"
+        delta = str(getattr(sampling_params, "output_kind", "")).endswith("DELTA")
+        if not delta:
+            text = self.tokenizer.decode(token_ids)
+            yield _output_objects(request_id, prompt, token_ids, text, True, finish_reason)
+            return
+        for index, token_id in enumerate(token_ids):
+            last = index == len(token_ids) - 1
+            await asyncio.sleep(0)
+            piece = self.tokenizer.decode([token_id])
+            yield _output_objects(request_id, prompt, [token_id], piece, last, finish_reason if last else None)
+
+    async def get_supported_tasks(self) -> tuple[str, ...]:
+        return ("generate",)
+
+    async def get_tokenizer(self, *args: Any, **kwargs: Any) -> Any:
+        return self.tokenizer
+
+    async def is_tracing_enabled(self) -> bool:
+        return False
+
+    async def get_model_config(self) -> Any:
+        return self.model_config
+
+    async def get_vllm_config(self) -> Any:
+        return self.vllm_config
+
+    async def check_health(self) -> None:
+        return None
+
+    async def do_log_stats(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def check_admission(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+# --- the app -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class VllmApp:
+    app: Any
+    engine: Any
+    args: Any
+    client: httpx.AsyncClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://test", timeout=60)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def chat_ids(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:
+        """The ids vLLM's stock route renders for `messages` (via the HF chat template)."""
+        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template_kwargs)
+        return list(self.tokenizer.encode(rendered, add_special_tokens=False))
+
+
+async def build_vllm_app(model: Path, extra_args: Sequence[str] = (), max_model_len: int = 256) -> VllmApp:
+    """Parse a `vllm serve` command line with vLLM's own parser and build its app around a fake engine."""
+    parser = make_arg_parser()
+    argv = ["--model", str(model), "--max-model-len", str(max_model_len), "--dtype", "float32", "--enforce-eager", *extra_args]
+    args = parser.parse_args(argv)
+    validate = _first_attr(
+        [
+            ("vllm.entrypoints.common.cli_args", "validate_parsed_serve_args"),
+            ("vllm.entrypoints.launchers.cli_args", "validate_parsed_serve_args"),
+            ("vllm.entrypoints.openai.cli_args", "validate_parsed_serve_args"),
+        ]
+    )
+    validate(args)
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    engine_args = AsyncEngineArgs.from_cli_args(args)  # loads general plugins, as `vllm serve` does
+    vllm_config = engine_args.create_engine_config()
+    engine = make_engine_class()()
+    engine._setup(vllm_config)
+
+    build_app, init_app_state = app_functions()
+    supported_tasks = ("generate",)
+    app = _call_with_supported(build_app, args=args, supported_tasks=supported_tasks, model_config=vllm_config.model_config)
+    await _call_with_supported(
+        init_app_state, engine_client=engine, state=app.state, args=args, supported_tasks=supported_tasks, vllm_config=vllm_config
+    )
+    return VllmApp(app=app, engine=engine, args=args)
+
+
+def parse_sse(body: str) -> list[Any]:
+    """`data:` payloads of an SSE body, JSON-decoded except `[DONE]`."""
+    import json
+
+    events = []
+    for line in body.splitlines():
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+def normalize(payload: Any) -> Any:
+    """Blank the fields that differ between any two requests (ids, timestamps)."""
+    if isinstance(payload, list):
+        return [normalize(item) for item in payload]
+    if isinstance(payload, dict):
+        return {key: ("<varies>" if key in {"id", "created", "system_fingerprint"} else normalize(value)) for key, value in payload.items()}
+    return payload
+
+

@@ -1,0 +1,157 @@
+"""What every adapter declares: where vLLM keeps things, and what shape they have.
+
+An adapter holds no logic of its own beyond locating objects and unpacking return values; the logic
+(validation, comparison, swap, route) lives once in `tokens.py` and `route.py` and only talks to this
+interface. An era file subclasses `Adapter` and overrides what differs in its releases.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+class AdapterMismatch(LookupError):
+    """vLLM does not have what the adapter expects (a module, attribute or signature)."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """`module:qualname`, resolved at call time (never copied at import)."""
+
+    module: str
+    qualname: str
+
+    @classmethod
+    def parse(cls, spec: str) -> Location:
+        module, _, qualname = spec.partition(":")
+        return cls(module, qualname)
+
+    def __str__(self) -> str:
+        return f"{self.module}:{self.qualname}"
+
+    @property
+    def owner_qualname(self) -> str:
+        """The qualname of the object holding the attribute (empty for a module attribute)."""
+        return self.qualname.rpartition(".")[0]
+
+    @property
+    def attribute(self) -> str:
+        return self.qualname.rpartition(".")[2]
+
+    def resolve_owner(self) -> Any:
+        """The module or class that holds the attribute."""
+        try:
+            owner: Any = importlib.import_module(self.module)
+        except ImportError as exc:
+            raise AdapterMismatch(f"module {self.module} cannot be imported ({exc})") from exc
+        for part in filter(None, self.owner_qualname.split(".")):
+            try:
+                owner = getattr(owner, part)
+            except AttributeError:
+                raise AdapterMismatch(f"{self.module} has no {self.owner_qualname}") from None
+        return owner
+
+    def resolve(self) -> Any:
+        owner = self.resolve_owner()
+        try:
+            return getattr(owner, self.attribute)
+        except AttributeError:
+            raise AdapterMismatch(f"{self} does not exist") from None
+
+
+@dataclass(frozen=True)
+class RenderTarget:
+    """A method of vLLM's chat serving class that renders the prompt; its first argument is the request."""
+
+    location: Location
+    is_async: bool
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """What validation needs to know about the served model, read from the serving object."""
+
+    max_model_len: int
+    vocab_size: int | None
+    tokenizer: Any | None
+
+
+class Adapter:
+    """The interface. Defaults describe the `render_chat_request` releases (0.15 and later)."""
+
+    name: ClassVar[str] = "base"
+
+    route_hook: ClassVar[Location]
+    """A module function vLLM calls with the app while building it; the route is added right after."""
+    chat_route: ClassVar[Location]
+    """vLLM's own `/v1/chat/completions` route function, awaited as `(request, raw_request)`."""
+    json_validator: ClassVar[Location]
+    """vLLM's `validate_json_request` dependency (it sits on the decorator, not the function)."""
+    request_base: ClassVar[Location]
+    """vLLM's `ChatCompletionRequest`, which the token-in request model extends."""
+    render_targets: ClassVar[tuple[RenderTarget, ...]]
+    """The render methods to wrap."""
+    derived_prompt_keys: ClassVar[tuple[str, ...]] = ("prompt", "prompt_token_offsets", "assistant_tokens_mask")
+    """Engine-prompt keys computed from the rendered ids that would lie once the ids are swapped."""
+
+    # --- shapes -------------------------------------------------------------------------------------
+
+    def app_of(self, args: Sequence[Any], kwargs: dict[str, Any], result: Any) -> Any:
+        """The FastAPI app from a call of `route_hook` (default: its first argument)."""
+        return args[0] if args else kwargs["app"]
+
+    def engine_prompts(self, result: Any) -> list[MutableMapping[str, Any]] | None:
+        """The engine-input dicts in a render result, or None when vLLM returned an error."""
+        if not isinstance(result, tuple):
+            return None
+        return list(result[-1])
+
+    def after_swap(self, result: Any, tokens: list[int]) -> None:
+        """Fix anything besides the engine-input dict that still holds the rendered prompt."""
+
+    def render_context(self, serving: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> RenderContext:
+        """Model limits and tokenizer as the serving object sees them."""
+        model_config = serving.model_config
+        renderer = getattr(serving, "renderer", None)
+        return RenderContext(
+            max_model_len=int(model_config.max_model_len),
+            vocab_size=_vocab_size(model_config),
+            tokenizer=getattr(renderer, "tokenizer", None),
+        )
+
+    def check_length(self, serving: Any, request: Any, tokens: list[int], context: RenderContext) -> None:
+        """Run this release's own rendered-prompt length check on `tokens`; raise with vLLM's message."""
+        raise NotImplementedError
+
+    def error_from_render(self, serving: Any, message: str, param: str | None) -> Any:
+        """What a render method hands back to report a client error before any stream opens."""
+        return serving.create_error_response(message, param=param)
+
+    # --- discovery ----------------------------------------------------------------------------------
+
+    def probe(self) -> dict[str, Any]:
+        """Resolve everything the route needs; raise `AdapterMismatch` naming the first missing piece."""
+        found: dict[str, Any] = {
+            "chat_route": self.chat_route.resolve(),
+            "json_validator": self.json_validator.resolve(),
+            "request_base": self.request_base.resolve(),
+        }
+        for target in self.render_targets:
+            method = target.location.resolve()
+            if not callable(method):
+                raise AdapterMismatch(f"{target.location} is not callable")
+            found[str(target.location)] = method
+        return found
+
+
+def _vocab_size(model_config: Any) -> int | None:
+    get_vocab_size: Callable[[], int] | None = getattr(model_config, "get_vocab_size", None)
+    if get_vocab_size is None:
+        return None
+    try:
+        return int(get_vocab_size())
+    except Exception:
+        return None

@@ -1,0 +1,27 @@
+"""vLLM 0.15.0 - 0.15.1: `OpenAIServingChat.render_chat_request` appears; the length check is still
+`OpenAIServing._validate_input`, and the route returns a raised error as HTTP 200, so a render method
+must *return* vLLM's `ErrorResponse` (the default `error_from_render`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vllm_tokens_patch.adapters.base import Adapter, Location, RenderContext, RenderTarget
+
+_CHAT = "vllm.entrypoints.openai.chat_completion"
+
+
+class RenderChatRequestV015(Adapter):
+    name = "render_chat_request_v0_15"
+
+    route_hook = Location(f"{_CHAT}.api_router", "attach_router")
+    chat_route = Location(f"{_CHAT}.api_router", "create_chat_completion")
+    json_validator = Location(f"{_CHAT}.api_router", "validate_json_request")
+    request_base = Location(f"{_CHAT}.protocol", "ChatCompletionRequest")
+    render_targets = (RenderTarget(Location(f"{_CHAT}.serving", "OpenAIServingChat.render_chat_request"), True),)
+
+    def check_length(self, serving: Any, request: Any, tokens: list[int], context: RenderContext) -> None:
+        serving._validate_input(request, tokens, "")
+
+
+ADAPTER = RenderChatRequestV015()

@@ -1,0 +1,23 @@
+"""vLLM 0.16.0 - 0.33.0: as 0.15, but the rendered-prompt length check moved to the request's
+`TokenizeParams` (`build_tok_params(...).apply_post_tokenization`). Module moves in 0.16-0.33
+(`api_server`, `generate`, `serve`, `launchers`) do not touch the chat package this adapter reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vllm_tokens_patch.adapters.base import RenderContext
+from vllm_tokens_patch.adapters.render_chat_request_v0_15 import RenderChatRequestV015
+
+
+class RenderChatRequestV016(RenderChatRequestV015):
+    name = "render_chat_request_v0_16"
+
+    def check_length(self, serving: Any, request: Any, tokens: list[int], context: RenderContext) -> None:
+        tok_params = request.build_tok_params(serving.model_config)
+        checked = tok_params.apply_post_tokenization(context.tokenizer, {"prompt_token_ids": list(tokens)})
+        if list(checked["prompt_token_ids"]) != list(tokens):
+            raise ValueError("vLLM would modify `tokens` (truncation or padding); send the exact ids instead")
+
+
+ADAPTER = RenderChatRequestV016()

@@ -1,0 +1,147 @@
+"""The installed vLLM version -> the adapter that knows it, read from `compat_matrix.yaml`.
+
+The matrix is the single source of truth: this module, the nox sessions and the README table all read
+it. The wheel carries a copy inside the package; a source checkout falls back to the repo-root file.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from packaging.version import InvalidVersion, Version
+
+MATRIX_FILE = "compat_matrix.yaml"
+
+
+@dataclass(frozen=True)
+class Release:
+    """One vLLM release as the matrix records it."""
+
+    version: str
+    adapter: str | None
+    python: str
+    cpu_torch: str | None = None
+    cpu_wheel: bool = False
+    status: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+    @property
+    def supported(self) -> bool:
+        return self.adapter is not None
+
+
+@dataclass(frozen=True)
+class Matrix:
+    releases: tuple[Release, ...]
+    ci_versions: tuple[str, ...]
+    e2e_ci_version: str | None
+
+    def release(self, version: str) -> Release | None:
+        wanted = _parse(version)
+        for release in self.releases:
+            if _parse(release.version) == wanted:
+                return release
+        return None
+
+    @property
+    def supported(self) -> tuple[Release, ...]:
+        return tuple(r for r in self.releases if r.supported)
+
+    @property
+    def newest_supported(self) -> Release:
+        return max(self.supported, key=lambda r: _parse(r.version))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What to do with the installed vLLM."""
+
+    vllm_version: str
+    adapter: str | None
+    tested: bool
+    reason: str
+    """Why this adapter (or why none), for the one log line."""
+
+
+def _parse(version: str) -> Version:
+    """Parse a vLLM version, ignoring local labels such as `+cpu` and dev/rc suffixes of the base."""
+    try:
+        return Version(Version(version).base_version)
+    except InvalidVersion:
+        return Version("0")
+
+
+def _matrix_text() -> str:
+    packaged = importlib.resources.files("vllm_tokens_patch").joinpath(MATRIX_FILE)
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parent.parent / MATRIX_FILE).read_text(encoding="utf-8")
+
+
+def parse_matrix(text: str) -> Matrix:
+    data = yaml.safe_load(text)
+    releases = tuple(
+        Release(
+            version=str(row["version"]),
+            adapter=row.get("adapter"),
+            python=str(row.get("python", "3.12")),
+            cpu_torch=row.get("cpu_torch"),
+            cpu_wheel=bool(row.get("cpu_wheel", False)),
+            status=dict(row.get("status") or {}),
+            notes=str(row.get("notes", "") or ""),
+        )
+        for row in data["releases"]
+    )
+    ci = data.get("ci") or {}
+    return Matrix(
+        releases=releases,
+        ci_versions=tuple(str(v) for v in ci.get("vllm", [])),
+        e2e_ci_version=str(ci["e2e"]) if ci.get("e2e") else None,
+    )
+
+
+@lru_cache(maxsize=1)
+def load_matrix() -> Matrix:
+    return parse_matrix(_matrix_text())
+
+
+def choose(vllm_version: str, matrix: Matrix | None = None) -> Choice:
+    """Pick the adapter for `vllm_version`; never raises."""
+    matrix = matrix or load_matrix()
+    release = matrix.release(vllm_version)
+    if release is not None:
+        if release.adapter is None:
+            return Choice(vllm_version, None, False, f"vLLM {vllm_version} is not supported: {release.notes}")
+        return Choice(vllm_version, release.adapter, True, f"vLLM {vllm_version} -> adapter {release.adapter}")
+    wanted = _parse(vllm_version)
+    newest = matrix.newest_supported
+    if wanted > _parse(newest.version):
+        return Choice(
+            vllm_version,
+            newest.adapter,
+            False,
+            f"vLLM {vllm_version} is newer than the compatibility matrix (newest {newest.version}); "
+            f"trying adapter {newest.adapter} (untested)",
+        )
+    below = [r for r in matrix.releases if _parse(r.version) <= wanted]
+    nearest = max(below, key=lambda r: _parse(r.version)) if below else None
+    if nearest is not None and nearest.adapter is not None:
+        return Choice(
+            vllm_version,
+            nearest.adapter,
+            False,
+            f"vLLM {vllm_version} is not in the compatibility matrix; trying adapter {nearest.adapter} "
+            f"of vLLM {nearest.version} (untested)",
+        )
+    oldest = min(matrix.supported, key=lambda r: _parse(r.version))
+    return Choice(
+        vllm_version,
+        None,
+        False,
+        f"vLLM {vllm_version} is not supported (supported: {oldest.version} to {newest.version})",
+    )

@@ -1,0 +1,84 @@
+"""The token-in request model: this vLLM's `ChatCompletionRequest` plus `tokens`.
+
+Built at app-build time from the installed vLLM's class, so every field, default and validator of the
+stock request applies unchanged. What the route refuses (and why) is also decided here, from the
+request alone, before vLLM does any work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated, Any, ClassVar
+
+from pydantic import Field, PrivateAttr, StrictInt
+
+TokenIds = Annotated[
+    list[Annotated[StrictInt, Field(ge=0)]],
+    Field(
+        min_length=1,
+        description="The exact prompt token ids the engine is fed instead of the rendered `messages`.",
+    ),
+]
+"""Non-empty list of non-negative ints; bools, floats and strings are refused (strict ints)."""
+
+TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", "refusal", "thinking"})
+
+
+def build_request_model(base: type[Any]) -> type[Any]:
+    """Subclass vLLM's request with `tokens`.
+
+    `field_names` is reset because vLLM's `OpenAIBaseModel` caches the known field names on the first
+    class it validates; inheriting the parent's cache would log `tokens` as an ignored field.
+    """
+    namespace: dict[str, Any] = {
+        "__module__": __name__,
+        "__qualname__": "TokensChatCompletionRequest",
+        "__doc__": "vLLM's ChatCompletionRequest plus `tokens`, the exact prompt ids.",
+        "__annotations__": {"tokens": TokenIds, "field_names": ClassVar[set[str] | None]},
+        "field_names": None,
+        "_tokens_verification": PrivateAttr(default=None),
+        "__vllm_tokens_patch__": True,
+    }
+    return type(base)("TokensChatCompletionRequest", (base,), namespace)
+
+
+def _parts(content: Any) -> Iterable[Any]:
+    return content if isinstance(content, list) else ()
+
+
+def _part_type(part: Any) -> str | None:
+    if isinstance(part, dict):
+        kind = part.get("type")
+        return str(kind) if kind is not None else ("text" if "text" in part else None)
+    return getattr(part, "type", None)
+
+
+def refusal_reason(request: Any) -> tuple[str, str] | None:
+    """`(message, param)` when the route cannot honour the request as vLLM would, else None."""
+    for index, message in enumerate(request.messages):
+        content = message.get("content") if isinstance(message, dict) else getattr(message, "content", None)
+        for part in _parts(content):
+            kind = _part_type(part)
+            if kind not in TEXT_PART_TYPES:
+                return (
+                    f"messages[{index}] has a {kind!r} content part: multimodal input is not supported "
+                    "with `tokens` (the ids would not carry the media placeholders vLLM expands)",
+                    "messages",
+                )
+    kv_params = getattr(request, "kv_transfer_params", None)
+    if isinstance(kv_params, dict) and "prompt_token_ids" in kv_params:
+        return (
+            "`kv_transfer_params.prompt_token_ids` cannot be combined with `tokens`: vLLM would feed those "
+            "ids and skip rendering; send the prompt ids in `tokens` only",
+            "kv_transfer_params",
+        )
+    fields = type(request).model_fields
+    if "prompt_token_ids" in fields and getattr(request, "prompt_token_ids", None) is not None:
+        return ("`prompt_token_ids` cannot be combined with `tokens`", "prompt_token_ids")
+    if getattr(request, "truncate_prompt_tokens", None) is not None:
+        return (
+            "`truncate_prompt_tokens` is not supported with `tokens`: the ids are fed exactly as given, "
+            "truncate them on the client",
+            "truncate_prompt_tokens",
+        )
+    return None

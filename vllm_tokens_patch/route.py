@@ -1,0 +1,110 @@
+"""The endpoint `POST /v1/chat/completions/tokens`: parse, refuse what cannot be honoured, delegate.
+
+It awaits vLLM's own chat route function, so cancellation, load tracking, streaming, tool and reasoning
+parsing and error mapping all stay vLLM's. It is added to vLLM's app (not a router of ours), so it
+sits behind the same middlewares (auth, CORS, request id, metrics) and exception handlers.
+Imported only in processes that build an HTTP app.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+
+from vllm_tokens_patch.request import refusal_reason
+from vllm_tokens_patch.tokens import Verification
+
+VERIFICATION_HEADER = "x-vllm-tokens-verification"
+"""`match`, `mismatch` or `skipped` (`VLLM_TOKENS_PATCH_VERIFY=off`): `tokens` vs the rendered ids."""
+FIRST_MISMATCH_HEADER = "x-vllm-tokens-first-mismatch"
+"""On `mismatch`: the first index at which `tokens` differ from the rendered ids."""
+
+Endpoint = Callable[..., Awaitable[Any]]
+
+
+def error_response(
+    raw_request: Request, message: str, param: str | None, status: HTTPStatus, err_type: str
+) -> JSONResponse:
+    """An OpenAI-style error in this vLLM's own `ErrorResponse` format when the app can make one."""
+    serving = getattr(raw_request.app.state, "openai_serving_chat", None)
+    if serving is not None:
+        error = serving.create_error_response(message, err_type=err_type, status_code=status, param=param)
+        return as_response(error)
+    body = {"error": {"message": message, "type": err_type, "param": param, "code": int(status)}}
+    return JSONResponse(content=body, status_code=int(status))
+
+
+def as_response(result: Any) -> Any:
+    """vLLM 0.15 returns a caught exception as a bare `ErrorResponse` (HTTP 200): give it its status."""
+    if isinstance(result, Response):
+        return result
+    info = getattr(result, "error", result)
+    code = getattr(info, "code", None)
+    if isinstance(code, int) and hasattr(result, "model_dump"):
+        return JSONResponse(content=result.model_dump(), status_code=code)
+    return result
+
+
+def set_verification_headers(response: Any, verification: Verification | None) -> None:
+    if verification is None or not isinstance(response, Response):
+        return
+    response.headers[VERIFICATION_HEADER] = verification.header_value()
+    if verification.compared and not verification.matched:
+        response.headers[FIRST_MISMATCH_HEADER] = str(verification.first_mismatch)
+
+
+def build_tokens_endpoint(chat_route: Endpoint, request_model: type[Any]) -> Endpoint:
+    """The route function, typed with `request_model` so FastAPI parses and validates the body."""
+
+    async def create_tokens_chat_completion(request: Any, raw_request: Request) -> Any:
+        refusal = refusal_reason(request)
+        if refusal is not None:
+            message, param = refusal
+            return error_response(raw_request, message, param, HTTPStatus.BAD_REQUEST, "BadRequestError")
+        response = as_response(await chat_route(request, raw_request))
+        set_verification_headers(response, request._tokens_verification)
+        return response
+
+    create_tokens_chat_completion.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=request_model),
+            inspect.Parameter("raw_request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+        ]
+    )
+    return create_tokens_chat_completion
+
+
+def build_unavailable_endpoint(reason: str) -> Endpoint:
+    """The route when the patch could not apply: a clear 501 instead of a silent 404."""
+
+    async def tokens_route_unavailable(raw_request: Request) -> JSONResponse:
+        return error_response(raw_request, reason, None, HTTPStatus.NOT_IMPLEMENTED, "NotImplementedError")
+
+    return tokens_route_unavailable
+
+
+def add_route(app: FastAPI, path: str, endpoint: Endpoint, json_validator: Callable[..., Any] | None) -> BaseRoute:
+    """Add `POST path` to vLLM's app and return the route object (kept for `unpatch`)."""
+    dependencies = [Depends(json_validator)] if json_validator is not None else None
+    app.add_api_route(
+        path,
+        endpoint,
+        methods=["POST"],
+        dependencies=dependencies,
+        response_model=None,
+        name=endpoint.__name__,
+        summary="Chat completion with the exact prompt token ids (vllm-tokens-patch)",
+    )
+    route: BaseRoute = app.router.routes[-1]
+    return route
+
+
+def remove_route(app: FastAPI, route: BaseRoute) -> None:
+    if route in app.router.routes:
+        app.router.routes.remove(route)

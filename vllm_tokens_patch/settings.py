@@ -1,0 +1,65 @@
+"""Environment switches, parsed once per process.
+
+Every vLLM process (API servers, engine core, workers) runs the plugin, so settings come from the
+environment, which all of them inherit, rather than from CLI flags that only the API server sees.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+VERIFY_POLICIES = ("warn", "off")
+
+
+class SettingsError(ValueError):
+    """An environment switch has a value we do not understand."""
+
+
+def _flag(environ: dict[str, str] | os._Environ[str], name: str) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise SettingsError(f"{name}={raw!r}: expected one of 1/0, true/false, yes/no, on/off")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the environment asks of the plugin."""
+
+    strict: bool = False
+    """`VLLM_TOKENS_PATCH_STRICT=1`: fail vLLM's startup instead of serving without the patch."""
+    disabled: bool = False
+    """`VLLM_TOKENS_PATCH_DISABLE=1`: load as a no-op (the route is not added)."""
+    route_path: str = "/v1/chat/completions/tokens"
+    """`VLLM_TOKENS_PATCH_ROUTE`: where the token-in route is mounted."""
+    verify: str = "warn"
+    """`VLLM_TOKENS_PATCH_VERIFY`: `warn` compares `tokens` with the rendered ids, `off` skips it."""
+
+    @classmethod
+    def from_environ(cls, environ: dict[str, str] | os._Environ[str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        route_path = env.get("VLLM_TOKENS_PATCH_ROUTE", cls.route_path).strip() or cls.route_path
+        if not route_path.startswith("/"):
+            raise SettingsError(f"VLLM_TOKENS_PATCH_ROUTE={route_path!r}: must start with '/'")
+        verify = env.get("VLLM_TOKENS_PATCH_VERIFY", cls.verify).strip().lower() or cls.verify
+        if verify not in VERIFY_POLICIES:
+            raise SettingsError(f"VLLM_TOKENS_PATCH_VERIFY={verify!r}: expected one of {VERIFY_POLICIES}")
+        return cls(
+            strict=_flag(env, "VLLM_TOKENS_PATCH_STRICT"),
+            disabled=_flag(env, "VLLM_TOKENS_PATCH_DISABLE"),
+            route_path=route_path,
+            verify=verify,
+        )
+
+
+@lru_cache(maxsize=1)
+def current() -> Settings:
+    """The settings of this process (cached; tests call `current.cache_clear()`)."""
+    return Settings.from_environ()

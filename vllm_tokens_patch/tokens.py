@@ -1,0 +1,176 @@
+"""Validate the client's prompt ids, compare them with vLLM's rendering, and swap them in.
+
+This is the version-free heart of the patch: it talks to vLLM only through an `Adapter`. The wrapper
+runs inside vLLM's render method, i.e. before `get_max_tokens`, sampling params, request logging,
+reasoning bookkeeping and `generate`, and before any stream exists: everything downstream sees the
+client's ids, and every refusal here is a real HTTP 4xx.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vllm_tokens_patch.adapters.base import Adapter, RenderContext
+
+logger = logging.getLogger("vllm.tokens_patch")
+
+TOKEN_KINDS = frozenset({"token"})
+"""Engine-input `type`s whose ids may be replaced; a missing type means a plain token prompt."""
+MEDIA_KEYS = ("multi_modal_data", "mm_placeholders", "prompt_embeds", "encoder_prompt")
+"""Engine-input keys that tie the ids to something else (media, embeddings, an encoder prompt)."""
+
+
+class TokensRejected(ValueError):
+    """The client's ids cannot be served; the message is the client-facing reason."""
+
+    def __init__(self, message: str, param: str | None = "tokens") -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Verification:
+    """How the client's ids compare with what vLLM rendered from `messages`."""
+
+    rendered_len: int
+    tokens_len: int
+    first_mismatch: int | None
+    """Index of the first differing position; None when the lists are equal; -1 when not compared."""
+
+    @property
+    def compared(self) -> bool:
+        return self.first_mismatch != -1
+
+    @property
+    def matched(self) -> bool:
+        return self.first_mismatch is None
+
+    def header_value(self) -> str:
+        if not self.compared:
+            return "skipped"
+        return "match" if self.matched else "mismatch"
+
+
+def first_difference(rendered: Sequence[int], tokens: Sequence[int]) -> int | None:
+    """The first index at which the lists differ (a length difference counts), or None if equal."""
+    for index, (left, right) in enumerate(zip(rendered, tokens)):
+        if left != right:
+            return index
+    if len(rendered) != len(tokens):
+        return min(len(rendered), len(tokens))
+    return None
+
+
+def vocabulary_bound(context: RenderContext) -> int | None:
+    """The largest id vLLM's engine accepts: `max(tokenizer.max_token_id, vocab_size - 1)`."""
+    bounds = []
+    if context.vocab_size is not None:
+        bounds.append(context.vocab_size - 1)
+    tokenizer = context.tokenizer
+    if tokenizer is not None:
+        max_token_id = getattr(tokenizer, "max_token_id", None)
+        if max_token_id is None:
+            try:
+                max_token_id = len(tokenizer) - 1
+            except TypeError:
+                max_token_id = None
+        if max_token_id is not None:
+            bounds.append(int(max_token_id))
+    return max(bounds) if bounds else None
+
+
+def validate_ids(tokens: Sequence[int], context: RenderContext) -> None:
+    """Raise `TokensRejected` for what vLLM would only notice inside the engine (mid-stream)."""
+    if not tokens:
+        raise TokensRejected("`tokens` must contain at least one token id")
+    bound = vocabulary_bound(context)
+    if bound is not None:
+        for index, token_id in enumerate(tokens):
+            if token_id < 0 or token_id > bound:
+                raise TokensRejected(
+                    f"Token id {token_id} at tokens[{index}] is out of vocabulary "
+                    f"(valid ids are 0 to {bound})"
+                )
+    if len(tokens) >= context.max_model_len:
+        raise TokensRejected(
+            f"This model's maximum context length is {context.max_model_len} tokens. However, your "
+            f"request has {len(tokens)} input tokens in `tokens`, which leaves no room for output. "
+            "Please reduce the length of the input."
+        )
+
+
+def check_engine_prompt(prompt: dict[str, Any]) -> None:
+    """Refuse engine inputs whose ids are bound to media, embeddings or an encoder prompt."""
+    kind = prompt.get("type", "token")
+    if kind not in TOKEN_KINDS or any(key in prompt for key in MEDIA_KEYS):
+        raise TokensRejected(
+            f"`tokens` cannot replace a {kind!r} prompt with media or embeddings; send text-only messages",
+            param="messages",
+        )
+
+
+def report_mismatch(request_id: str, rendered: Sequence[int], tokens: Sequence[int], index: int) -> None:
+    logger.warning(
+        "vllm-tokens-patch: request %s: `tokens` differ from the ids vLLM rendered from `messages` "
+        "(rendered %d ids, tokens %d ids, first difference at index %d); the engine is fed `tokens`",
+        request_id,
+        len(rendered),
+        len(tokens),
+        index,
+    )
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("vllm-tokens-patch: request %s rendered ids: %s", request_id, list(rendered))
+        logger.debug("vllm-tokens-patch: request %s tokens: %s", request_id, list(tokens))
+
+
+@dataclass
+class TokensSwap:
+    """Applies the client's ids to one render result; built once per app with its adapter."""
+
+    adapter: Adapter
+    is_tokens_request: Callable[[Any], bool]
+    verify: bool = True
+
+    def apply(self, serving: Any, args: Sequence[Any], kwargs: dict[str, Any], result: Any) -> Any:
+        """Return `result` with the ids swapped, or this vLLM's client error for bad `tokens`."""
+        request = args[0] if args else kwargs["request"]
+        prompts = self.adapter.engine_prompts(result)
+        if prompts is None:  # vLLM already refused the rendered request: keep its answer
+            return result
+        tokens: list[int] = list(request.tokens)
+        try:
+            if len(prompts) != 1:
+                raise TokensRejected(f"expected one engine prompt, vLLM rendered {len(prompts)}", None)
+            (prompt,) = prompts
+            check_engine_prompt(prompt)
+            context = self.adapter.render_context(serving, args, kwargs)
+            validate_ids(tokens, context)
+            self.adapter.check_length(serving, request, tokens, context)
+        except TokensRejected as exc:
+            return self.adapter.error_from_render(serving, str(exc), exc.param)
+        except Exception as exc:
+            # vLLM's own length check: a ValueError, or (0.27+) a VLLMValidationError that is not one.
+            if not isinstance(exc, ValueError) and not hasattr(exc, "parameter"):
+                raise
+            return self.adapter.error_from_render(serving, str(exc), getattr(exc, "parameter", "tokens"))
+
+        rendered = list(prompt["prompt_token_ids"])
+        verification = self._verify(request, rendered, tokens)
+        request._tokens_verification = verification
+
+        prompt["prompt_token_ids"] = tokens
+        for key in self.adapter.derived_prompt_keys:
+            prompt.pop(key, None)
+        self.adapter.after_swap(result, tokens)
+        return result
+
+    def _verify(self, request: Any, rendered: list[int], tokens: list[int]) -> Verification:
+        if not self.verify:
+            return Verification(len(rendered), len(tokens), -1)
+        index = first_difference(rendered, tokens)
+        if index is not None:
+            report_mismatch(str(getattr(request, "request_id", "?")), rendered, tokens, index)
+        return Verification(len(rendered), len(tokens), index)
