@@ -31,6 +31,10 @@ class PatchError(RuntimeError):
     """Raised (only in strict mode) when the patch cannot apply to the installed vLLM."""
 
 
+class PatchWrapper(wrapt.FunctionWrapper):  # type: ignore[misc]
+    """Our wrappers, told apart by type (wrapt forwards attribute writes to the wrapped function)."""
+
+
 @dataclass
 class _Patch:
     """One attribute we replaced, with what to put back."""
@@ -144,7 +148,7 @@ def _wrap_route_hook(adapter: Adapter, module: Any) -> None:
             settings.current(),
         )
         return
-    if getattr(original, "_vllm_tokens_patch", False):
+    if isinstance(original, PatchWrapper):
         return
 
     def on_attach(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -152,9 +156,7 @@ def _wrap_route_hook(adapter: Adapter, module: Any) -> None:
         _mount(adapter, adapter.app_of(args, kwargs, result))
         return result
 
-    wrapper = wrapt.FunctionWrapper(original, on_attach)
-    wrapper._vllm_tokens_patch = True
-    setattr(module, attribute, wrapper)
+    setattr(module, attribute, PatchWrapper(original, on_attach))
     _state.patches.append(_Patch(module, attribute, original))
 
 
@@ -208,11 +210,9 @@ def _patch_render(adapter: Adapter, current: settings.Settings) -> None:
         owner = target.location.resolve_owner()
         attribute = target.location.attribute
         original = owner.__dict__.get(attribute, getattr(owner, attribute))
-        if getattr(original, "_vllm_tokens_patch", False):
+        if isinstance(original, PatchWrapper):
             continue
-        wrapper = wrapt.FunctionWrapper(original, _render_wrapper(swap, target.is_async))
-        wrapper._vllm_tokens_patch = True
-        setattr(owner, attribute, wrapper)
+        setattr(owner, attribute, PatchWrapper(original, _render_wrapper(swap, target.is_async)))
         _state.patches.append(_Patch(owner, attribute, original))
 
 

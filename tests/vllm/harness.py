@@ -66,7 +66,8 @@ class Script:
     """What the fake engine "samples": output text and its token ids, streamed one token per step."""
 
     text: str
-    token_ids: list[int]
+    token_ids: list[int] = field(default_factory=list)
+    """Empty: the tokenizer's encoding of `text`."""
     finish_reason: str = "stop"
 
 
@@ -134,7 +135,7 @@ class FakeEngineMixin:
         self.model_config = vllm_config.model_config
         self.prompts: list[dict[str, Any]] = []
         self.sampling_params: list[Any] = []
-        self.script = Script(text="Hello there", token_ids=[])
+        self.script = Script(text="Hello there")
         try:
             from vllm.renderers import renderer_from_config
         except ImportError:

@@ -1,0 +1,83 @@
+"""Fixtures: vLLM's real app (this session's vLLM release) with a fake engine, one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "support")]
+
+from harness import VllmApp, build_vllm_app  # noqa: E402
+from tiny_model import build_tiny_model  # noqa: E402
+
+API_KEY = "test-key"
+MAX_MODEL_LEN = 256
+
+
+@pytest.fixture(scope="session")
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="session")
+def run(loop: asyncio.AbstractEventLoop) -> Any:
+    return loop.run_until_complete
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny", with_weights=False)
+
+
+@pytest.fixture(scope="session")
+def build(run: Any, model_dir: Path) -> Any:
+    def build_app(*extra_args: str) -> VllmApp:
+        return run(build_vllm_app(model_dir, extra_args, max_model_len=MAX_MODEL_LEN))
+
+    return build_app
+
+
+@pytest.fixture(scope="session")
+def served(build: Any) -> VllmApp:
+    """`vllm serve MODEL --api-key ... --enable-auto-tool-choice --tool-call-parser hermes`."""
+    app = build("--api-key", API_KEY, "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+    app.client.headers["Authorization"] = f"Bearer {API_KEY}"
+    return app
+
+
+@pytest.fixture(scope="session")
+def reasoning(build: Any) -> VllmApp:
+    """`vllm serve MODEL --reasoning-parser deepseek_r1`."""
+    return build("--reasoning-parser", "deepseek_r1")
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def messages(self, level: int) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno == level]
+
+
+@pytest.fixture
+def plugin_logs() -> Iterator[Records]:
+    """Records of the plugin's logger (vLLM's handlers do not propagate to pytest's caplog)."""
+    handler = Records()
+    logger = logging.getLogger("vllm.tokens_patch")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)

@@ -1,0 +1,347 @@
+"""The behaviour suite: identical on every vLLM release, run against vLLM's real app.
+
+Each test talks HTTP (in-process ASGI) to the app vLLM builds from a parsed `vllm serve` command line;
+the plugin was loaded by vLLM through its entry point while the engine args were built.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+import vllm
+from conftest import API_KEY, MAX_MODEL_LEN, Records
+from harness import Script, VllmApp, normalize, parse_sse
+
+import vllm_tokens_patch
+from vllm_tokens_patch import compat, plugin
+
+ROUTE = "/v1/chat/completions/tokens"
+STOCK = "/v1/chat/completions"
+MESSAGES = [{"role": "user", "content": "Hello world, how are you today?"}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+
+
+def body(app: VllmApp, messages: list[dict[str, Any]] = MESSAGES, **fields: Any) -> dict[str, Any]:
+    return {"model": app.args.model, "messages": messages, "temperature": 0, **fields}
+
+
+def post(run: Any, app: VllmApp, path: str, payload: dict[str, Any], **kwargs: Any) -> Any:
+    return run(app.client.post(path, json=payload, **kwargs))
+
+
+def drifted(ids: list[int]) -> list[int]:
+    """Same length, different last id: what an RL client sends when the re-rendered history drifted."""
+    return [*ids[:-1], ids[-1] - 1 if ids[-1] > 0 else 1]
+
+
+def without_volatile(prompt: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in prompt.items() if k not in {"arrival_time"}}
+
+
+# --- loading ------------------------------------------------------------------------------------------
+
+
+def test_plugin_is_the_installed_wheel_loaded_by_vllm(served: VllmApp) -> None:
+    assert "site-packages" in vllm_tokens_patch.__file__, vllm_tokens_patch.__file__
+    state = plugin.status()
+    assert state["registered"] and state["failure"] is None
+    assert state["adapter"] == compat.choose(vllm.__version__).adapter
+    assert compat.choose(vllm.__version__).tested
+
+
+def test_route_sits_next_to_the_stock_route(served: VllmApp) -> None:
+    paths = [getattr(route, "path", None) for route in served.app.router.routes]
+    assert paths.count(ROUTE) == 1
+    assert paths.count(STOCK) == 1
+
+
+# --- ids ----------------------------------------------------------------------------------------------
+
+
+def test_engine_receives_exactly_tokens(run: Any, served: VllmApp) -> None:
+    tokens = drifted(served.chat_ids(MESSAGES))
+    response = post(run, served, ROUTE, body(served, tokens=tokens, return_token_ids=True))
+    assert response.status_code == 200, response.text
+    prompt = served.engine.prompts[-1]
+    assert prompt["prompt_token_ids"] == tokens
+    assert "prompt" not in prompt or prompt["prompt"] is None, "rendered text must not describe other ids"
+    assert response.json()["prompt_token_ids"] == tokens
+    assert response.json()["choices"][0]["message"]["content"] == "Hello there"
+
+
+def test_stock_route_is_untouched_even_with_a_stray_tokens_field(run: Any, served: VllmApp) -> None:
+    rendered = served.chat_ids(MESSAGES)
+    plain = post(run, served, STOCK, body(served, return_token_ids=True))
+    plain_prompt = without_volatile(served.engine.prompts[-1])
+    stray = post(run, served, STOCK, body(served, tokens=[1, 2, 3], return_token_ids=True))
+    stray_prompt = without_volatile(served.engine.prompts[-1])
+    assert plain.status_code == stray.status_code == 200
+    assert plain_prompt["prompt_token_ids"] == rendered
+    assert stray_prompt == plain_prompt
+    assert "x-vllm-tokens-verification" not in stray.headers
+
+
+def test_match_logs_nothing_and_says_match(run: Any, served: VllmApp, plugin_logs: Records) -> None:
+    response = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES)))
+    assert response.status_code == 200, response.text
+    assert response.headers["x-vllm-tokens-verification"] == "match"
+    assert "x-vllm-tokens-first-mismatch" not in response.headers
+    assert plugin_logs.messages(logging.WARNING) == []
+
+
+def test_mismatch_logs_one_warning_and_says_where(run: Any, served: VllmApp, plugin_logs: Records) -> None:
+    rendered = served.chat_ids(MESSAGES)
+    response = post(run, served, ROUTE, body(served, tokens=drifted(rendered), request_id="drift-1"))
+    assert response.status_code == 200, response.text
+    assert response.headers["x-vllm-tokens-verification"] == "mismatch"
+    assert response.headers["x-vllm-tokens-first-mismatch"] == str(len(rendered) - 1)
+    warnings = plugin_logs.messages(logging.WARNING)
+    assert len(warnings) == 1, warnings
+    assert "drift-1" in warnings[0] and f"first difference at index {len(rendered) - 1}" in warnings[0]
+
+
+def test_mismatch_header_on_streams_too(run: Any, served: VllmApp) -> None:
+    tokens = drifted(served.chat_ids(MESSAGES))
+    response = post(run, served, ROUTE, body(served, tokens=tokens, stream=True))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["x-vllm-tokens-verification"] == "mismatch"
+
+
+# --- same answers as the stock route ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("return_token_ids", [False, True])
+def test_stream_chunks_equal_the_stock_route(run: Any, served: VllmApp, return_token_ids: bool) -> None:
+    served.engine.script = Script(text="The quick brown fox jumps")
+    extra = {"stream": True, "stream_options": {"include_usage": True}, "return_token_ids": return_token_ids}
+    stock = post(run, served, STOCK, body(served, **extra))
+    ours = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES), **extra))
+    served.engine.script = Script(text="Hello there")
+    assert stock.status_code == ours.status_code == 200
+    stock_events, our_events = parse_sse(stock.text), parse_sse(ours.text)
+    assert len(our_events) > 3 and our_events[-1] == "[DONE]"
+    assert normalize(our_events) == normalize(stock_events)
+
+
+def test_json_response_equals_the_stock_route(run: Any, served: VllmApp) -> None:
+    stock = post(run, served, STOCK, body(served, return_token_ids=True, logprobs=False))
+    ours = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES), return_token_ids=True))
+    assert stock.status_code == ours.status_code == 200
+    assert normalize(ours.json()) == normalize(stock.json())
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_are_parsed_on_the_token_route(run: Any, served: VllmApp, stream: bool) -> None:
+    served.engine.script = Script(text='<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>')
+    extra = {"tools": TOOLS, "tool_choice": "auto", "stream": stream}
+    stock = post(run, served, STOCK, body(served, **extra))
+    ours = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES), **extra))
+    served.engine.script = Script(text="Hello there")
+    assert stock.status_code == ours.status_code == 200, ours.text
+    if stream:
+        events = [e for e in parse_sse(ours.text) if e != "[DONE]"]
+        names = [
+            call["function"].get("name")
+            for event in events
+            for choice in event["choices"]
+            for call in (choice["delta"].get("tool_calls") or [])
+        ]
+        assert "get_weather" in names
+        assert normalize(parse_sse(ours.text)) == normalize(parse_sse(stock.text))
+    else:
+        message = ours.json()["choices"][0]["message"]
+        assert message["tool_calls"][0]["function"]["name"] == "get_weather"
+        assert normalize(ours.json()) == normalize(stock.json())
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_reasoning_is_parsed_on_the_token_route(run: Any, reasoning: VllmApp, stream: bool) -> None:
+    reasoning.engine.script = Script(text="<think>because it is</think>The answer")
+    stock = post(run, reasoning, STOCK, body(reasoning, stream=stream))
+    ours = post(run, reasoning, ROUTE, body(reasoning, tokens=reasoning.chat_ids(MESSAGES), stream=stream))
+    assert stock.status_code == ours.status_code == 200, ours.text
+    if stream:
+        deltas = [c["delta"] for e in parse_sse(ours.text) if e != "[DONE]" for c in e["choices"]]
+        reasoning_text = "".join(d.get("reasoning") or d.get("reasoning_content") or "" for d in deltas)
+        assert reasoning_text == "because it is"
+        assert "".join(d.get("content") or "" for d in deltas) == "The answer"
+        assert normalize(parse_sse(ours.text)) == normalize(parse_sse(stock.text))
+    else:
+        message = ours.json()["choices"][0]["message"]
+        assert message["content"] == "The answer"
+        assert "because it is" in str(message.get("reasoning") or message.get("reasoning_content"))
+        assert normalize(ours.json()) == normalize(stock.json())
+
+
+# --- bad input: 4xx JSON before any stream ------------------------------------------------------------
+
+BAD_INPUTS = {
+    "empty": {"tokens": []},
+    "negative": {"tokens": [1, -1, 2]},
+    "past-vocabulary": {"tokens": [1, 10**6]},
+    "float": {"tokens": [1, 2.5]},
+    "string": {"tokens": [1, "2"]},
+    "bool": {"tokens": [1, True]},
+    "not-a-list": {"tokens": 5},
+    "missing": {},
+    "longer-than-max-model-len": {"tokens": [1] * (MAX_MODEL_LEN + 10)},
+    "exactly-max-model-len": {"tokens": [1] * MAX_MODEL_LEN},
+    "multimodal": {
+        "tokens": [1, 2, 3],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                ],
+            }
+        ],
+    },
+    "kv-prompt-token-ids": {"tokens": [1, 2, 3], "kv_transfer_params": {"prompt_token_ids": [1, 2, 3]}},
+    "truncate-prompt-tokens": {"tokens": [1, 2, 3], "truncate_prompt_tokens": 2},
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_a_4xx_json_error_before_any_stream(run: Any, served: VllmApp, case: str, stream: bool) -> None:
+    seen = len(served.engine.prompts)
+    payload = body(served, stream=stream, **BAD_INPUTS[case])
+    response = post(run, served, ROUTE, payload)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    error = response.json()
+    message = (error.get("error") or error).get("message") or error.get("detail")
+    assert message, error
+    assert len(served.engine.prompts) == seen, "nothing may reach the engine"
+    healthy = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES)))
+    assert healthy.status_code == 200, healthy.text
+
+
+def test_too_long_says_maximum_context_length(run: Any, served: VllmApp) -> None:
+    response = post(run, served, ROUTE, body(served, tokens=[1] * (MAX_MODEL_LEN + 1), stream=True))
+    assert response.status_code == 400
+    assert "maximum context length" in response.text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("overflow", [1, 40])
+def test_prompt_plus_max_tokens_behaves_as_the_stock_route(run: Any, served: VllmApp, stream: bool, overflow: int) -> None:
+    rendered = served.chat_ids(MESSAGES)
+    max_tokens = MAX_MODEL_LEN - len(rendered) + overflow
+    served.engine.script = Script(text="word " * 200)
+    extra = {"max_tokens": max_tokens, "stream": stream, "stream_options": {"include_usage": True} if stream else None}
+    stock = post(run, served, STOCK, body(served, **extra))
+    ours = post(run, served, ROUTE, body(served, tokens=rendered, **extra))
+    served.engine.script = Script(text="Hello there")
+    assert ours.status_code == stock.status_code, (stock.text[:300], ours.text[:300])
+    if stock.status_code == 200:
+        if stream:
+            assert normalize(parse_sse(ours.text)) == normalize(parse_sse(stock.text))
+        else:
+            assert ours.json()["usage"] == stock.json()["usage"]
+    else:
+        assert ours.headers["content-type"].startswith("application/json")
+
+
+def test_api_key_is_required(run: Any, served: VllmApp) -> None:
+    payload = body(served, tokens=served.chat_ids(MESSAGES))
+    denied = run(served.client.post(ROUTE, json=payload, headers={"Authorization": "Bearer wrong"}))
+    assert denied.status_code == 401
+    allowed = run(served.client.post(ROUTE, json=payload, headers={"Authorization": f"Bearer {API_KEY}"}))
+    assert allowed.status_code == 200
+
+
+# --- patch lifecycle (these rebuild apps; keep them last) -------------------------------------------------
+
+
+def _render_attr() -> Any:
+    from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+
+    return OpenAIServingChat.__dict__["render_chat_request"]
+
+
+def _hook_attr() -> Any:
+    from vllm.entrypoints.openai.chat_completion import api_router
+
+    return api_router.attach_router
+
+
+def test_register_twice_is_harmless(served: VllmApp) -> None:
+    before = (_render_attr(), _hook_attr(), plugin.status())
+    vllm_tokens_patch.register()
+    vllm_tokens_patch.register()
+    assert (_render_attr(), _hook_attr(), plugin.status()) == before
+    assert isinstance(_render_attr(), plugin.PatchWrapper)
+    assert not isinstance(_render_attr().__wrapped__, plugin.PatchWrapper), "wrapped twice"
+
+
+def test_unpatch_restores_every_original_and_register_reapplies(run: Any, build: Any, served: VllmApp) -> None:
+    wrapped_render, wrapped_hook = _render_attr(), _hook_attr()
+    vllm_tokens_patch.unpatch()
+    try:
+        assert _render_attr() is wrapped_render.__wrapped__
+        assert _hook_attr() is wrapped_hook.__wrapped__
+        assert ROUTE not in [getattr(r, "path", None) for r in served.app.router.routes]
+        stock = post(run, served, STOCK, body(served))
+        assert stock.status_code == 200
+        assert served.engine.prompts[-1]["prompt_token_ids"] == served.chat_ids(MESSAGES)
+        vllm_tokens_patch.unpatch()  # idempotent
+    finally:
+        vllm_tokens_patch.register()
+    fresh = build()
+    tokens = drifted(fresh.chat_ids(MESSAGES))
+    response = post(run, fresh, ROUTE, body(fresh, tokens=tokens))
+    assert response.status_code == 200, response.text
+    assert fresh.engine.prompts[-1]["prompt_token_ids"] == tokens
+
+
+def test_fail_safe_when_the_render_function_is_unfindable(
+    run: Any, build: Any, monkeypatch: pytest.MonkeyPatch, plugin_logs: Records
+) -> None:
+    from vllm_tokens_patch.adapters import Location, RenderTarget
+
+    adapter = plugin._state.adapter
+    assert adapter is not None
+    gone = (RenderTarget(Location("vllm.entrypoints.openai.chat_completion.serving", "OpenAIServingChat.gone"), True),)
+    vllm_tokens_patch.unpatch()
+    monkeypatch.setattr(type(adapter), "render_targets", gone)
+    try:
+        vllm_tokens_patch.register()
+        app = build()
+        stock = post(run, app, STOCK, body(app))
+        assert stock.status_code == 200
+        response = post(run, app, ROUTE, body(app, tokens=[1, 2, 3]))
+        assert response.status_code == 501
+        reason = response.json()["error"]["message"]
+        assert vllm.__version__ in reason and "OpenAIServingChat.gone" in reason
+        errors = plugin_logs.messages(logging.ERROR)
+        assert len(errors) == 1 and "OpenAIServingChat.gone" in errors[0]
+
+        vllm_tokens_patch.unpatch()
+        monkeypatch.setenv("VLLM_TOKENS_PATCH_STRICT", "1")
+        vllm_tokens_patch.register()
+        with pytest.raises(plugin.PatchError, match="OpenAIServingChat.gone"):
+            build()
+    finally:
+        vllm_tokens_patch.unpatch()
+        monkeypatch.undo()
+        vllm_tokens_patch.register()
+
+
+def test_model_dir_is_offline(model_dir: Path) -> None:
+    assert (model_dir / "tokenizer.json").is_file()
