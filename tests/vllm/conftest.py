@@ -26,6 +26,11 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     yield loop
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
     loop.close()
 
 
@@ -40,11 +45,17 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def build(run: Any, model_dir: Path) -> Any:
-    def build_app(*extra_args: str) -> VllmApp:
-        return run(build_vllm_app(model_dir, extra_args, max_model_len=MAX_MODEL_LEN))
+def build(run: Any, model_dir: Path) -> Iterator[Any]:
+    apps: list[VllmApp] = []
 
-    return build_app
+    def build_app(*extra_args: str) -> VllmApp:
+        app = run(build_vllm_app(model_dir, extra_args, max_model_len=MAX_MODEL_LEN))
+        apps.append(app)
+        return app
+
+    yield build_app
+    for app in apps:
+        run(app.client.aclose())
 
 
 @pytest.fixture(scope="session")

@@ -96,6 +96,12 @@ def _output_objects(request_id: str, prompt: dict[str, Any], token_ids: list[int
     )
 
 
+def _settable_property(name: str, default: Any) -> property:
+    """Replaces a (possibly abstract, read-only) property of `EngineClient` with a plain attribute."""
+    key = f"_fake_{name}"
+    return property(lambda self: self.__dict__.get(key, default), lambda self, value: self.__dict__.__setitem__(key, value))
+
+
 def make_engine_class() -> type:
     """A concrete subclass of this release's `EngineClient`: abstract members get harmless stubs."""
     from vllm.engine.protocol import EngineClient
@@ -105,7 +111,7 @@ def make_engine_class() -> type:
     for name in getattr(EngineClient, "__abstractmethods__", ()):
         static = inspect.getattr_static(EngineClient, name)
         if isinstance(static, property):
-            namespace[name] = property(lambda self, _n=name: defaults.get(_n))
+            namespace[name] = _settable_property(name, defaults.get(name))
         elif inspect.iscoroutinefunction(static):
 
             async def _async_stub(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -119,7 +125,10 @@ def make_engine_class() -> type:
 
             namespace[name] = _stub
     for name, value in defaults.items():
-        namespace[name] = property(lambda self, _v=value: _v)
+        namespace[name] = _settable_property(name, value)
+    for name in ("renderer", "input_processor", "io_processor", "tokenizer", "model_config", "vllm_config"):
+        if isinstance(inspect.getattr_static(EngineClient, name, None), property):
+            namespace[name] = _settable_property(name, None)
     for name in ("generate", "get_supported_tasks", "get_tokenizer", "is_tracing_enabled", "get_model_config", "get_vllm_config", "check_health", "do_log_stats", "check_admission"):
         namespace[name] = getattr(FakeEngineMixin, name)
     return type("FakeEngineClient", (FakeEngineMixin, EngineClient), namespace)
@@ -136,11 +145,9 @@ class FakeEngineMixin:
         self.prompts: list[dict[str, Any]] = []
         self.sampling_params: list[Any] = []
         self.script = Script(text="Hello there")
-        try:
+        if "renderer" in inspect.signature(InputProcessor).parameters:  # 0.17+: as AsyncLLM builds it
             from vllm.renderers import renderer_from_config
-        except ImportError:
-            renderer_from_config = None
-        if renderer_from_config is not None and len(inspect.signature(InputProcessor).parameters) >= 2:
+
             self.renderer = renderer_from_config(vllm_config)
             self.input_processor = InputProcessor(vllm_config, self.renderer)
         else:
@@ -209,7 +216,7 @@ class VllmApp:
     client: httpx.AsyncClient = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://test", timeout=60)
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False), base_url="http://test", timeout=60)
 
     @property
     def tokenizer(self) -> Any:

@@ -61,10 +61,19 @@ def test_plugin_is_the_installed_wheel_loaded_by_vllm(served: VllmApp) -> None:
     assert compat.choose(vllm.__version__).tested
 
 
-def test_route_sits_next_to_the_stock_route(served: VllmApp) -> None:
-    paths = [getattr(route, "path", None) for route in served.app.router.routes]
-    assert paths.count(ROUTE) == 1
-    assert paths.count(STOCK) == 1
+def route_paths(routes: list[Any]) -> list[str]:
+    """Paths of every route, descending into mounted routers."""
+    paths = []
+    for route in routes:
+        if getattr(route, "path", None):
+            paths.append(route.path)
+        paths += route_paths(getattr(route, "routes", None) or [])
+    return paths
+
+
+def test_route_sits_next_to_the_stock_route(run: Any, served: VllmApp) -> None:
+    assert route_paths(served.app.router.routes).count(ROUTE) == 1
+    assert post(run, served, STOCK, body(served)).status_code == 200
 
 
 # --- ids ----------------------------------------------------------------------------------------------
@@ -296,7 +305,8 @@ def test_unpatch_restores_every_original_and_register_reapplies(run: Any, build:
     try:
         assert _render_attr() is wrapped_render.__wrapped__
         assert _hook_attr() is wrapped_hook.__wrapped__
-        assert ROUTE not in [getattr(r, "path", None) for r in served.app.router.routes]
+        assert ROUTE not in route_paths(served.app.router.routes)
+        assert post(run, served, ROUTE, body(served, tokens=[1, 2, 3])).status_code in (404, 405)
         stock = post(run, served, STOCK, body(served))
         assert stock.status_code == 200
         assert served.engine.prompts[-1]["prompt_token_ids"] == served.chat_ids(MESSAGES)

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vllm_tokens_patch import adapters, compat
+
+ROOT = Path(__file__).resolve().parents[2]
+ALL_RELEASES = (
+    "0.10.2 0.11.0 0.11.1 0.11.2 0.12.0 0.13.0 0.14.0 0.14.1 0.15.0 0.15.1 0.16.0 0.17.0 0.17.1 0.18.0 0.18.1 "
+    "0.19.0 0.19.1 0.20.0 0.20.1 0.20.2 0.21.0 0.22.0 0.22.1 0.23.0 0.24.0 0.25.0 0.25.1 0.26.0 0.27.0 0.27.1 "
+    "0.28.0 0.29.0 0.30.0 0.31.0 0.32.0 0.33.0"
+).split()
+
+
+def test_packaged_matrix_is_the_repo_matrix() -> None:
+    assert compat._matrix_text() == (ROOT / "compat_matrix.yaml").read_text(encoding="utf-8")
+
+
+def test_matrix_lists_every_release_once() -> None:
+    versions = [r.version for r in compat.load_matrix().releases]
+    assert versions == ALL_RELEASES
+
+
+def test_every_named_adapter_loads_and_is_complete() -> None:
+    for release in compat.load_matrix().supported:
+        adapter = adapters.load(release.adapter)
+        assert adapter.name == release.adapter
+        assert adapter.render_targets and adapter.route_hook.attribute
+
+
+def test_ci_set_covers_each_route_hook_family() -> None:
+    ci = compat.load_matrix().ci_versions
+    families = [("0.15.0", "0.16.0"), ("0.17.0", "0.22.1"), ("0.23.0", "0.25.1"), ("0.26.0", "0.28.0"), ("0.29.0", "0.33.0")]
+    for low, high in families:
+        assert any(compat._parse(low) <= compat._parse(v) <= compat._parse(high) for v in ci), (low, high)
+
+
+@pytest.mark.parametrize(
+    ("version", "adapter", "tested"),
+    [
+        ("0.33.0", "render_chat_request_v0_16", True),
+        ("0.15.1", "render_chat_request_v0_15", True),
+        ("0.32.0+cpu", "render_chat_request_v0_16", True),
+        ("0.34.0", "render_chat_request_v0_16", False),
+        ("0.20.3.dev12+g1234", "render_chat_request_v0_16", False),
+        ("0.14.1", None, False),
+        ("0.9.2", None, False),
+    ],
+)
+def test_choose(version: str, adapter: str | None, tested: bool) -> None:
+    choice = compat.choose(version)
+    assert (choice.adapter, choice.tested) == (adapter, tested)
+    assert version in choice.reason

@@ -1,0 +1,207 @@
+"""Plugin mechanics against a stand-in `vllm` package laid out like 0.16+ (no vLLM installed here).
+
+The real behaviour is proven in tests/vllm on each release; this checks loading rules that must hold
+whatever vLLM does: lazy hooks, idempotence, unpatch, fail-safe, strict, cheap engine processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vllm_tokens_patch import plugin, settings
+
+CHAT = "vllm.entrypoints.openai.chat_completion"
+
+FAKE = {
+    "vllm/__init__.py": '__version__ = "0.33.0"\n',
+    "vllm/entrypoints/__init__.py": "",
+    "vllm/entrypoints/openai/__init__.py": "",
+    "vllm/entrypoints/openai/chat_completion/__init__.py": "",
+    "vllm/entrypoints/openai/chat_completion/protocol.py": """
+        from typing import Any
+        from pydantic import BaseModel, ConfigDict
+
+        class _TokParams:
+            def apply_post_tokenization(self, tokenizer, prompt):
+                return prompt
+
+        class ChatCompletionRequest(BaseModel):
+            model_config = ConfigDict(extra="allow")
+            messages: list[dict[str, Any]]
+            max_tokens: int | None = None
+
+            def build_tok_params(self, model_config):
+                return _TokParams()
+    """,
+    "vllm/entrypoints/openai/chat_completion/serving.py": """
+        class _ModelConfig:
+            max_model_len = 64
+
+            def get_vocab_size(self):
+                return 100
+
+        class OpenAIServingChat:
+            model_config = _ModelConfig()
+
+            async def render_chat_request(self, request):
+                return ([], [{"prompt_token_ids": [7, 7, 7], "prompt": "rendered"}])
+    """,
+    "vllm/entrypoints/openai/chat_completion/api_router.py": """
+        from fastapi import FastAPI, Request
+        from fastapi.responses import JSONResponse
+        from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+
+        def validate_json_request(raw_request: Request):
+            return None
+
+        async def create_chat_completion(request, raw_request):
+            conversation, prompts = await OpenAIServingChat().render_chat_request(request)
+            return JSONResponse({"engine_prompt": prompts[0]})
+
+        def attach_router(app: FastAPI):
+            app.state.chat_attached = True
+    """,
+}
+
+
+@pytest.fixture
+def fake_vllm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    for name, text in FAKE.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for env in ("VLLM_TOKENS_PATCH_STRICT", "VLLM_TOKENS_PATCH_DISABLE"):
+        monkeypatch.delenv(env, raising=False)
+    plugin.unpatch()
+    yield tmp_path
+    plugin.unpatch()
+    for name in [m for m in sys.modules if m == "vllm" or m.startswith("vllm.")]:
+        del sys.modules[name]
+
+
+def build_app() -> Any:
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    importlib.import_module(f"{CHAT}.api_router").attach_router(app)
+    return app
+
+
+def call(app: Any, payload: dict[str, Any]) -> Any:
+    import httpx
+
+    async def go() -> Any:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return await client.post("/v1/chat/completions/tokens", json=payload)
+
+    return asyncio.run(go())
+
+
+PAYLOAD = {"messages": [{"role": "user", "content": "hi"}], "tokens": [1, 2, 3]}
+
+
+def test_hooks_wait_for_the_chat_module_then_serve_tokens(fake_vllm: Path) -> None:
+    plugin.register()
+    assert f"{CHAT}.api_router" not in sys.modules, "register() must not import vLLM's chat modules"
+    app = build_app()
+    assert app.state.chat_attached
+    response = call(app, {**PAYLOAD, "tokens": [7, 7, 8]})
+    assert response.status_code == 200, response.text
+    assert response.json()["engine_prompt"] == {"prompt_token_ids": [7, 7, 8]}
+    assert response.headers["x-vllm-tokens-verification"] == "mismatch"
+    assert response.headers["x-vllm-tokens-first-mismatch"] == "2"
+
+
+def test_register_is_idempotent_and_unpatch_restores(fake_vllm: Path) -> None:
+    router = importlib.import_module(f"{CHAT}.api_router")
+    serving = importlib.import_module(f"{CHAT}.serving").OpenAIServingChat
+    original_hook, original_render = router.attach_router, serving.__dict__["render_chat_request"]
+    plugin.register()
+    plugin.register()
+    app = build_app()
+    assert isinstance(router.attach_router, plugin.PatchWrapper)
+    assert router.attach_router.__wrapped__ is original_hook
+    assert serving.__dict__["render_chat_request"].__wrapped__ is original_render
+    plugin.unpatch()
+    plugin.unpatch()
+    assert router.attach_router is original_hook
+    assert serving.__dict__["render_chat_request"] is original_render
+    assert call(app, PAYLOAD).status_code == 404
+
+
+def test_a_stock_request_is_never_swapped(fake_vllm: Path) -> None:
+    plugin.register()
+    build_app()
+    protocol = importlib.import_module(f"{CHAT}.protocol")
+    serving = importlib.import_module(f"{CHAT}.serving").OpenAIServingChat
+    stray = protocol.ChatCompletionRequest(messages=[], tokens=[1, 2])
+    result = asyncio.run(serving().render_chat_request(stray))
+    assert result[1][0]["prompt_token_ids"] == [7, 7, 7]
+
+
+def test_missing_render_function_gives_501_and_one_error(fake_vllm: Path, caplog: pytest.LogCaptureFixture) -> None:
+    serving = importlib.import_module(f"{CHAT}.serving").OpenAIServingChat
+    del serving.render_chat_request
+    with caplog.at_level(logging.ERROR, logger="vllm.tokens_patch"):
+        plugin.register()
+        app = build_app()
+        build_app()
+    response = call(app, PAYLOAD)
+    assert response.status_code == 501
+    assert "0.33.0" in response.json()["error"]["message"]
+    assert "render_chat_request" in response.json()["error"]["message"]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+
+
+def test_strict_mode_fails_startup(fake_vllm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    del importlib.import_module(f"{CHAT}.serving").OpenAIServingChat.render_chat_request
+    monkeypatch.setenv("VLLM_TOKENS_PATCH_STRICT", "1")
+    settings.current.cache_clear()
+    plugin.register()
+    with pytest.raises(plugin.PatchError, match="render_chat_request"):
+        build_app()
+
+
+def test_unknown_old_vllm_never_raises(fake_vllm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.import_module("vllm"), "__version__", "0.9.0")
+    plugin.register()
+    assert plugin.status()["failure"] and "not supported" in plugin.status()["failure"]
+    monkeypatch.setenv("VLLM_TOKENS_PATCH_STRICT", "1")
+    plugin.unpatch()
+    with pytest.raises(plugin.PatchError):
+        plugin.register()
+
+
+def test_disabled_does_nothing(fake_vllm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_TOKENS_PATCH_DISABLE", "1")
+    settings.current.cache_clear()
+    plugin.register()
+    assert not plugin.status()["registered"]
+
+
+def test_engine_process_import_is_cheap(fake_vllm: Path) -> None:
+    """What an engine-core or worker process pays: no FastAPI, pydantic or vLLM chat module imports."""
+    code = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(fake_vllm)!r})
+        from vllm_tokens_patch.plugin import register
+        register()
+        register()
+        heavy = [m for m in ("fastapi", "pydantic", "starlette", "{CHAT}.api_router", "{CHAT}.serving", "vllm_tokens_patch.route") if m in sys.modules]
+        assert not heavy, heavy
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
