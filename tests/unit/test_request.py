@@ -57,8 +57,14 @@ def test_tokens_are_required() -> None:
 @pytest.mark.parametrize(
     ("fields", "param"),
     [
-        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
-        ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}, "messages"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+            "messages",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+            "messages",
+        ),
         ({"kv_transfer_params": {"prompt_token_ids": [1]}}, "kv_transfer_params"),
         ({"truncate_prompt_tokens": 5}, "truncate_prompt_tokens"),
     ],

@@ -7,7 +7,9 @@ from vllm_tokens_patch.settings import Settings, SettingsError
 
 def test_defaults() -> None:
     settings = Settings.from_environ({})
-    assert settings == Settings(strict=False, disabled=False, route_path="/v1/chat/completions/tokens", verify="warn")
+    assert settings == Settings(
+        strict=False, disabled=False, route_path="/v1/chat/completions/tokens", verify="warn"
+    )
 
 
 def test_switches() -> None:
@@ -17,7 +19,9 @@ def test_switches() -> None:
         "VLLM_TOKENS_PATCH_ROUTE": "/v1/tokens",
         "VLLM_TOKENS_PATCH_VERIFY": "OFF",
     }
-    assert Settings.from_environ(env) == Settings(strict=True, disabled=True, route_path="/v1/tokens", verify="off")
+    assert Settings.from_environ(env) == Settings(
+        strict=True, disabled=True, route_path="/v1/tokens", verify="off"
+    )
 
 
 @pytest.mark.parametrize(

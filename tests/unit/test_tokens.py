@@ -26,7 +26,13 @@ CONTEXT = RenderContext(max_model_len=16, vocab_size=128, tokenizer=Tokenizer())
 
 @pytest.mark.parametrize(
     ("rendered", "tokens", "index"),
-    [([1, 2, 3], [1, 2, 3], None), ([1, 2, 3], [1, 9, 3], 1), ([1, 2], [1, 2, 3], 2), ([1, 2, 3], [1], 1), ([], [5], 0)],
+    [
+        ([1, 2, 3], [1, 2, 3], None),
+        ([1, 2, 3], [1, 9, 3], 1),
+        ([1, 2], [1, 2, 3], 2),
+        ([1, 2, 3], [1], 1),
+        ([], [5], 0),
+    ],
 )
 def test_first_difference(rendered: list[int], tokens: list[int], index: int | None) -> None:
     assert first_difference(rendered, tokens) == index
@@ -40,7 +46,12 @@ def test_vocabulary_bound_is_the_engines() -> None:
 
 @pytest.mark.parametrize(
     ("tokens", "fragment"),
-    [([], "at least one"), ([1, 128], r"tokens\[1\] is out of vocabulary"), ([-1], "out of vocabulary"), ([1] * 16, "maximum context length")],
+    [
+        ([], "at least one"),
+        ([1, 128], r"tokens\[1\] is out of vocabulary"),
+        ([-1], "out of vocabulary"),
+        ([1] * 16, "maximum context length"),
+    ],
 )
 def test_validate_ids_rejects(tokens: list[int], fragment: str) -> None:
     with pytest.raises(TokensRejected, match=fragment):
@@ -51,7 +62,14 @@ def test_validate_ids_accepts_the_edges() -> None:
     validate_ids([0, 127] + [1] * 13, CONTEXT)
 
 
-@pytest.mark.parametrize("prompt", [{"type": "multimodal", "prompt_token_ids": [1]}, {"prompt_token_ids": [1], "multi_modal_data": {}}, {"type": "embeds"}])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        {"type": "multimodal", "prompt_token_ids": [1]},
+        {"prompt_token_ids": [1], "multi_modal_data": {}},
+        {"type": "embeds"},
+    ],
+)
 def test_engine_prompts_tied_to_media_are_refused(prompt: dict[str, Any]) -> None:
     with pytest.raises(TokensRejected):
         check_engine_prompt(prompt)
@@ -85,7 +103,18 @@ class FakeAdapter(Adapter):
 
 
 def rendered_result(ids: list[int]) -> tuple[list[Any], list[dict[str, Any]]]:
-    return ([{"role": "user", "content": "hi"}], [{"type": "token", "prompt_token_ids": ids, "prompt": "hi", "prompt_token_offsets": [0], "cache_salt": "s"}])
+    return (
+        [{"role": "user", "content": "hi"}],
+        [
+            {
+                "type": "token",
+                "prompt_token_ids": ids,
+                "prompt": "hi",
+                "prompt_token_offsets": [0],
+                "cache_salt": "s",
+            }
+        ],
+    )
 
 
 def swap(verify: bool = True) -> TokensSwap:
@@ -108,7 +137,9 @@ def test_mismatch_logs_one_warning_and_match_none(caplog: pytest.LogCaptureFixtu
         swap().apply(Serving(), (Request([5, 6, 7]),), {}, rendered_result([5, 6]))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "req-1" in warnings[0] and "rendered 2 ids, tokens 3 ids" in warnings[0] and "index 2" in warnings[0]
+    assert (
+        "req-1" in warnings[0] and "rendered 2 ids, tokens 3 ids" in warnings[0] and "index 2" in warnings[0]
+    )
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert any("[5, 6, 7]" in m for m in debug) and any("[5, 6]" in m for m in debug)
 
@@ -121,7 +152,11 @@ def test_verify_off_skips_the_comparison() -> None:
 
 @pytest.mark.parametrize(
     ("request_obj", "fragment"),
-    [(Request([1, 500]), "out of vocabulary"), (Request([1] * 20), "maximum context length"), (Request([1, 2], max_tokens=15), "too large")],
+    [
+        (Request([1, 500]), "out of vocabulary"),
+        (Request([1] * 20), "maximum context length"),
+        (Request([1, 2], max_tokens=15), "too large"),
+    ],
 )
 def test_bad_tokens_return_the_render_error_and_leave_the_prompt(request_obj: Request, fragment: str) -> None:
     result = rendered_result([1, 2])

@@ -42,13 +42,17 @@ def make_arg_parser() -> Any:
             ("vllm.entrypoints.openai.cli_args", "make_arg_parser"),
         ]
     )
-    flexible = _first_attr([("vllm.utils.argparse_utils", "FlexibleArgumentParser"), ("vllm.utils", "FlexibleArgumentParser")])
+    flexible = _first_attr(
+        [("vllm.utils.argparse_utils", "FlexibleArgumentParser"), ("vllm.utils", "FlexibleArgumentParser")]
+    )
     return make(flexible(description="test"))
 
 
 def app_functions() -> tuple[Any, Any]:
     """`build_app` and `init_app_state` of this release."""
-    build_app = _first_attr([("vllm.entrypoints.launchers.app", "build_app"), ("vllm.entrypoints.openai.api_server", "build_app")])
+    build_app = _first_attr(
+        [("vllm.entrypoints.launchers.app", "build_app"), ("vllm.entrypoints.openai.api_server", "build_app")]
+    )
     init_app_state = _first_attr(
         [
             ("vllm.entrypoints.launchers.api_server.app_state", "init_app_state"),
@@ -71,7 +75,14 @@ class Script:
     finish_reason: str = "stop"
 
 
-def _output_objects(request_id: str, prompt: dict[str, Any], token_ids: list[int], text: str, finished: bool, finish_reason: str | None) -> Any:
+def _output_objects(
+    request_id: str,
+    prompt: dict[str, Any],
+    token_ids: list[int],
+    text: str,
+    finished: bool,
+    finish_reason: str | None,
+) -> Any:
     from vllm.outputs import CompletionOutput, RequestOutput
 
     names = {f.name for f in dataclasses.fields(CompletionOutput)}
@@ -99,7 +110,10 @@ def _output_objects(request_id: str, prompt: dict[str, Any], token_ids: list[int
 def _settable_property(name: str, default: Any) -> property:
     """Replaces a (possibly abstract, read-only) property of `EngineClient` with a plain attribute."""
     key = f"_fake_{name}"
-    return property(lambda self: self.__dict__.get(key, default), lambda self, value: self.__dict__.__setitem__(key, value))
+    return property(
+        lambda self: self.__dict__.get(key, default),
+        lambda self, value: self.__dict__.__setitem__(key, value),
+    )
 
 
 def make_engine_class() -> type:
@@ -129,7 +143,17 @@ def make_engine_class() -> type:
     for name in ("renderer", "input_processor", "io_processor", "tokenizer", "model_config", "vllm_config"):
         if isinstance(inspect.getattr_static(EngineClient, name, None), property):
             namespace[name] = _settable_property(name, None)
-    for name in ("generate", "get_supported_tasks", "get_tokenizer", "is_tracing_enabled", "get_model_config", "get_vllm_config", "check_health", "do_log_stats", "check_admission"):
+    for name in (
+        "generate",
+        "get_supported_tasks",
+        "get_tokenizer",
+        "is_tracing_enabled",
+        "get_model_config",
+        "get_vllm_config",
+        "check_health",
+        "do_log_stats",
+        "check_admission",
+    ):
         namespace[name] = getattr(FakeEngineMixin, name)
     return type("FakeEngineClient", (FakeEngineMixin, EngineClient), namespace)
 
@@ -156,7 +180,9 @@ class FakeEngineMixin:
         self.io_processor = None
         self.tokenizer = getattr(self.renderer, "tokenizer", None)
 
-    async def generate(self, prompt: Any, sampling_params: Any, request_id: str, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+    async def generate(
+        self, prompt: Any, sampling_params: Any, request_id: str, *args: Any, **kwargs: Any
+    ) -> AsyncIterator[Any]:
         if hasattr(prompt, "prompt_token_ids") and not isinstance(prompt, dict):  # an EngineCoreRequest
             prompt = {"prompt_token_ids": list(prompt.prompt_token_ids), "prompt": kwargs.get("prompt_text")}
         prompt = dict(prompt)
@@ -178,7 +204,9 @@ class FakeEngineMixin:
             last = index == len(token_ids) - 1
             await asyncio.sleep(0)
             piece = self.tokenizer.decode([token_id])
-            yield _output_objects(request_id, prompt, [token_id], piece, last, finish_reason if last else None)
+            yield _output_objects(
+                request_id, prompt, [token_id], piece, last, finish_reason if last else None
+            )
 
     async def get_supported_tasks(self) -> tuple[str, ...]:
         return ("generate",)
@@ -216,7 +244,11 @@ class VllmApp:
     client: httpx.AsyncClient = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False), base_url="http://test", timeout=60)
+        self.client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app, raise_app_exceptions=False),
+            base_url="http://test",
+            timeout=60,
+        )
 
     @property
     def tokenizer(self) -> Any:
@@ -224,14 +256,25 @@ class VllmApp:
 
     def chat_ids(self, messages: list[dict[str, Any]], **template_kwargs: Any) -> list[int]:
         """The ids vLLM's stock route renders for `messages` (via the HF chat template)."""
-        rendered = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **template_kwargs)
+        rendered = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **template_kwargs
+        )
         return list(self.tokenizer.encode(rendered, add_special_tokens=False))
 
 
 async def build_vllm_app(model: Path, extra_args: Sequence[str] = (), max_model_len: int = 256) -> VllmApp:
     """Parse a `vllm serve` command line with vLLM's own parser and build its app around a fake engine."""
     parser = make_arg_parser()
-    argv = ["--model", str(model), "--max-model-len", str(max_model_len), "--dtype", "float32", "--enforce-eager", *extra_args]
+    argv = [
+        "--model",
+        str(model),
+        "--max-model-len",
+        str(max_model_len),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        *extra_args,
+    ]
     args = parser.parse_args(argv)
     validate = _first_attr(
         [
@@ -251,9 +294,16 @@ async def build_vllm_app(model: Path, extra_args: Sequence[str] = (), max_model_
 
     build_app, init_app_state = app_functions()
     supported_tasks = ("generate",)
-    app = _call_with_supported(build_app, args=args, supported_tasks=supported_tasks, model_config=vllm_config.model_config)
+    app = _call_with_supported(
+        build_app, args=args, supported_tasks=supported_tasks, model_config=vllm_config.model_config
+    )
     await _call_with_supported(
-        init_app_state, engine_client=engine, state=app.state, args=args, supported_tasks=supported_tasks, vllm_config=vllm_config
+        init_app_state,
+        engine_client=engine,
+        state=app.state,
+        args=args,
+        supported_tasks=supported_tasks,
+        vllm_config=vllm_config,
     )
     return VllmApp(app=app, engine=engine, args=args)
 
@@ -275,7 +325,8 @@ def normalize(payload: Any) -> Any:
     if isinstance(payload, list):
         return [normalize(item) for item in payload]
     if isinstance(payload, dict):
-        return {key: ("<varies>" if key in {"id", "created", "system_fingerprint"} else normalize(value)) for key, value in payload.items()}
+        return {
+            key: ("<varies>" if key in {"id", "created", "system_fingerprint"} else normalize(value))
+            for key, value in payload.items()
+        }
     return payload
-
-

@@ -27,7 +27,11 @@ TOOLS = [
         "function": {
             "name": "get_weather",
             "description": "Weather in a city",
-            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
         },
     }
 ]
@@ -154,7 +158,9 @@ def test_json_response_equals_the_stock_route(run: Any, served: VllmApp) -> None
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_tool_calls_are_parsed_on_the_token_route(run: Any, served: VllmApp, stream: bool) -> None:
-    served.engine.script = Script(text='<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>')
+    served.engine.script = Script(
+        text='<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+    )
     extra = {"tools": TOOLS, "tool_choice": "auto", "stream": stream}
     stock = post(run, served, STOCK, body(served, **extra))
     ours = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES), **extra))
@@ -227,7 +233,9 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_a_4xx_json_error_before_any_stream(run: Any, served: VllmApp, case: str, stream: bool) -> None:
+def test_bad_input_is_a_4xx_json_error_before_any_stream(
+    run: Any, served: VllmApp, case: str, stream: bool
+) -> None:
     seen = len(served.engine.prompts)
     payload = body(served, stream=stream, **BAD_INPUTS[case])
     response = post(run, served, ROUTE, payload)
@@ -249,11 +257,17 @@ def test_too_long_says_maximum_context_length(run: Any, served: VllmApp) -> None
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("overflow", [1, 40])
-def test_prompt_plus_max_tokens_behaves_as_the_stock_route(run: Any, served: VllmApp, stream: bool, overflow: int) -> None:
+def test_prompt_plus_max_tokens_behaves_as_the_stock_route(
+    run: Any, served: VllmApp, stream: bool, overflow: int
+) -> None:
     rendered = served.chat_ids(MESSAGES)
     max_tokens = MAX_MODEL_LEN - len(rendered) + overflow
     served.engine.script = Script(text="word " * 200)
-    extra = {"max_tokens": max_tokens, "stream": stream, "stream_options": {"include_usage": True} if stream else None}
+    extra = {
+        "max_tokens": max_tokens,
+        "stream": stream,
+        "stream_options": {"include_usage": True} if stream else None,
+    }
     stock = post(run, served, STOCK, body(served, **extra))
     ours = post(run, served, ROUTE, body(served, tokens=rendered, **extra))
     served.engine.script = Script(text="Hello there")
@@ -299,7 +313,9 @@ def test_register_twice_is_harmless(served: VllmApp) -> None:
     assert not isinstance(_render_attr().__wrapped__, plugin.PatchWrapper), "wrapped twice"
 
 
-def test_unpatch_restores_every_original_and_register_reapplies(run: Any, build: Any, served: VllmApp) -> None:
+def test_unpatch_restores_every_original_and_register_reapplies(
+    run: Any, build: Any, served: VllmApp
+) -> None:
     wrapped_render, wrapped_hook = _render_attr(), _hook_attr()
     vllm_tokens_patch.unpatch()
     try:
@@ -327,7 +343,11 @@ def test_fail_safe_when_the_render_function_is_unfindable(
 
     adapter = plugin._state.adapter
     assert adapter is not None
-    gone = (RenderTarget(Location("vllm.entrypoints.openai.chat_completion.serving", "OpenAIServingChat.gone"), True),)
+    gone = (
+        RenderTarget(
+            Location("vllm.entrypoints.openai.chat_completion.serving", "OpenAIServingChat.gone"), True
+        ),
+    )
     vllm_tokens_patch.unpatch()
     monkeypatch.setattr(type(adapter), "render_targets", gone)
     try:
@@ -345,7 +365,7 @@ def test_fail_safe_when_the_render_function_is_unfindable(
         vllm_tokens_patch.unpatch()
         monkeypatch.setenv("VLLM_TOKENS_PATCH_STRICT", "1")
         vllm_tokens_patch.register()
-        with pytest.raises(plugin.PatchError, match="OpenAIServingChat.gone"):
+        with pytest.raises(plugin.PatchError, match=r"OpenAIServingChat\.gone"):
             build()
     finally:
         vllm_tokens_patch.unpatch()

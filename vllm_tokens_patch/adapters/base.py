@@ -94,7 +94,11 @@ class Adapter:
     """vLLM's `ChatCompletionRequest`, which the token-in request model extends."""
     render_targets: ClassVar[tuple[RenderTarget, ...]]
     """The render methods to wrap."""
-    derived_prompt_keys: ClassVar[tuple[str, ...]] = ("prompt", "prompt_token_offsets", "assistant_tokens_mask")
+    derived_prompt_keys: ClassVar[tuple[str, ...]] = (
+        "prompt",
+        "prompt_token_offsets",
+        "assistant_tokens_mask",
+    )
     """Engine-prompt keys computed from the rendered ids that would lie once the ids are swapped."""
 
     # --- shapes -------------------------------------------------------------------------------------

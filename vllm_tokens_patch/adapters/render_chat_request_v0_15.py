@@ -18,7 +18,9 @@ class RenderChatRequestV015(Adapter):
     chat_route = Location(f"{_CHAT}.api_router", "create_chat_completion")
     json_validator = Location(f"{_CHAT}.api_router", "validate_json_request")
     request_base = Location(f"{_CHAT}.protocol", "ChatCompletionRequest")
-    render_targets = (RenderTarget(Location(f"{_CHAT}.serving", "OpenAIServingChat.render_chat_request"), True),)
+    render_targets = (
+        RenderTarget(Location(f"{_CHAT}.serving", "OpenAIServingChat.render_chat_request"), True),
+    )
 
     def check_length(self, serving: Any, request: Any, tokens: list[int], context: RenderContext) -> None:
         serving._validate_input(request, tokens, "")
