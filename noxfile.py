@@ -52,9 +52,11 @@ def unit(session: nox.Session) -> None:
 
 @nox.session(tags=["ci"])
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install("ruff", "PyYAML", "packaging")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    # The README table must be what compat_matrix.yaml says (`nox -s matrix-table` regenerates it).
+    session.run("python", "tools/matrix_tools.py", "check-table")
 
 
 def _vllm_session(release: matrix_tools.Release) -> None:
