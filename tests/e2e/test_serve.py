@@ -1,0 +1,184 @@
+"""End to end on a real `vllm serve`: the user's path, with vLLM's own console script and a real engine."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import API_KEY, ARTIFACTS
+from openai import OpenAI
+from openai.types.chat import ChatCompletion
+from serve import VllmServer
+
+from vllm_tokens_patch.client import TokenChatClient
+from vllm_tokens_patch.demo import format_table, rollout
+
+MESSAGES = [{"role": "user", "content": "Hello world, how are you today?"}]
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def sdk(server: VllmServer) -> OpenAI:
+    return OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY)
+
+
+def extra(completion: Any, name: str) -> Any:
+    """vLLM's extra response fields (`prompt_token_ids`, `token_ids`) as the SDK keeps them."""
+    value = getattr(completion, name, None)
+    return value if value is not None else (completion.model_extra or {}).get(name)
+
+
+def test_plugin_loaded_once_per_api_server(server: VllmServer) -> None:
+    log = server.log_text()
+    assert log.count("vllm-tokens-patch: POST /v1/chat/completions/tokens enabled") == 1, server.log_tail()
+    assert "Traceback" not in log
+
+
+def test_ids_agree_everywhere_and_completions_match(server: VllmServer, model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    local = list(
+        AutoTokenizer.from_pretrained(model).apply_chat_template(
+            MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+    )
+    tokenized = httpx.post(
+        f"{server.url}/tokenize", json={"model": str(model), "messages": MESSAGES}, headers=AUTH
+    ).json()["tokens"]
+    client = sdk(server)
+    params = {"model": str(model), "messages": MESSAGES, "temperature": 0, "max_tokens": 16}
+    stock = client.chat.completions.create(**params, extra_body={"return_token_ids": True})
+    ours = client.post(
+        "/chat/completions/tokens",
+        body={**params, "tokens": local, "return_token_ids": True},
+        cast_to=ChatCompletion,
+    )
+    assert local == tokenized == extra(stock, "prompt_token_ids") == extra(ours, "prompt_token_ids")
+    assert extra(ours.choices[0], "token_ids") == extra(stock.choices[0], "token_ids")
+    assert ours.choices[0].message.content == stock.choices[0].message.content
+
+
+def test_four_turn_rollout_feeds_exact_history_while_stock_drifts(server: VllmServer, model: Path) -> None:
+    client = TokenChatClient(f"{server.url}/v1", str(model), api_key=API_KEY)
+    try:
+        report = rollout(client, turns=4, max_tokens=24)
+    finally:
+        client.close()
+    table = format_table(report)
+    (ARTIFACTS / "rollout.md").write_text(table + "\n")
+    print("\n" + table)
+    assert [t.token_route_differing for t in report] == [0, 0, 0, 0]
+    assert report[0].stock_differing == 0
+    assert sum(t.stock_differing for t in report[1:]) > 0, "a random model's samples should not round-trip"
+    assert all(t.prompt_len < t2.prompt_len for t, t2 in itertools.pairwise(report))
+
+
+def test_streaming_on_the_token_route(server: VllmServer, model: Path) -> None:
+    client = TokenChatClient(f"{server.url}/v1", str(model), api_key=API_KEY)
+    tokens = client.tokenize_chat(MESSAGES, add_generation_prompt=True)
+    full, _ = client.chat_tokens(MESSAGES, tokens, temperature=0, max_tokens=16)
+    client.close()
+    body = {
+        "model": str(model),
+        "messages": MESSAGES,
+        "tokens": tokens,
+        "temperature": 0,
+        "max_tokens": 16,
+        "stream": True,
+        "return_token_ids": True,
+    }
+    events = []
+    with httpx.stream(
+        "POST", f"{server.url}/v1/chat/completions/tokens", json=body, headers=AUTH, timeout=60
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-vllm-tokens-verification"] == "match"
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[6:]))
+    assert events[0]["prompt_token_ids"] == tokens
+    streamed_ids = [i for e in events for c in e["choices"] for i in (c.get("token_ids") or [])]
+    streamed_text = "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])
+    assert streamed_ids == full["choices"][0]["token_ids"]
+    assert streamed_text == full["choices"][0]["message"]["content"]
+
+
+def test_api_key(server: VllmServer, model: Path) -> None:
+    body = {"model": str(model), "messages": MESSAGES, "tokens": [1, 2, 3], "max_tokens": 2}
+    assert httpx.post(f"{server.url}/v1/chat/completions/tokens", json=body).status_code == 401
+    assert httpx.post(f"{server.url}/v1/chat/completions/tokens", json=body, headers=AUTH).status_code == 200
+
+
+def test_mismatch_is_logged_and_reported(server: VllmServer, model: Path) -> None:
+    client = TokenChatClient(f"{server.url}/v1", str(model), api_key=API_KEY)
+    tokens = client.tokenize_chat(MESSAGES, add_generation_prompt=True)
+    client.close()
+    tokens[3] = tokens[3] + 1
+    body = {
+        "model": str(model),
+        "messages": MESSAGES,
+        "tokens": tokens,
+        "max_tokens": 2,
+        "request_id": "e2e-drift-42",
+    }
+    response = httpx.post(f"{server.url}/v1/chat/completions/tokens", json=body, headers=AUTH)
+    assert response.status_code == 200
+    assert response.headers["x-vllm-tokens-verification"] == "mismatch"
+    assert response.headers["x-vllm-tokens-first-mismatch"] == "3"
+    lines = [line for line in server.log_text().splitlines() if "e2e-drift-42" in line and "differ" in line]
+    assert len(lines) == 1 and "first difference at index 3" in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"tokens": []},
+        {"tokens": [1, -2]},
+        {"tokens": [1, 10**7]},
+        {"tokens": [1, 2.5]},
+        {"tokens": [1] * 600},
+        {
+            "tokens": [1, 2],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}],
+                }
+            ],
+        },
+        {"tokens": [1, 2], "kv_transfer_params": {"prompt_token_ids": [1, 2]}},
+    ],
+    ids=["empty", "negative", "past-vocabulary", "float", "too-long", "multimodal", "kv-prompt-ids"],
+)
+def test_bad_input_is_4xx_before_any_stream(server: VllmServer, model: Path, fields: dict[str, Any]) -> None:
+    body = {"model": str(model), "messages": MESSAGES, "max_tokens": 4, "stream": True, **fields}
+    response = httpx.post(f"{server.url}/v1/chat/completions/tokens", json=body, headers=AUTH)
+    assert 400 <= response.status_code < 500, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json().get("error") or response.json().get("detail")
+    assert server.healthy()
+    ok = {"model": str(model), "messages": MESSAGES, "tokens": [1, 2, 3], "max_tokens": 2}
+    assert httpx.post(f"{server.url}/v1/chat/completions/tokens", json=ok, headers=AUTH).status_code == 200
+
+
+def test_two_api_servers_both_serve_the_route(multi_server: VllmServer, model: Path) -> None:
+    client = TokenChatClient(f"{multi_server.url}/v1", str(model))
+    tokens = client.tokenize_chat(MESSAGES, add_generation_prompt=True)
+
+    def one(index: int) -> list[int]:
+        body, _ = client.chat_tokens(
+            MESSAGES, [*tokens[:-1], 5 + index % 7, tokens[-1]], max_tokens=4, temperature=0
+        )
+        return body["prompt_token_ids"]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(one, range(50)))
+    client.close()
+    assert [r[-2] for r in results] == [5 + i % 7 for i in range(50)]
+    enabled = multi_server.log_text().count("vllm-tokens-patch: POST /v1/chat/completions/tokens enabled")
+    assert enabled == 2, multi_server.log_tail()
