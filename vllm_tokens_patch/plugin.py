@@ -37,14 +37,18 @@ class PatchWrapper(wrapt.FunctionWrapper):  # type: ignore[misc]
 
 @dataclass
 class _Patch:
-    """One attribute we replaced, with what to put back."""
+    """One attribute we replaced, with what to put back (or delete, if the owner only inherited it)."""
 
     owner: Any
     attribute: str
     original: Any
+    inherited: bool = False
 
     def undo(self) -> None:
-        setattr(self.owner, self.attribute, self.original)
+        if self.inherited:
+            delattr(self.owner, self.attribute)
+        else:
+            setattr(self.owner, self.attribute, self.original)
 
 
 @dataclass
@@ -171,7 +175,8 @@ def _mount(adapter: Adapter, app: Any) -> None:
         try:
             found = adapter.probe()
             _patch_render(adapter, current)
-            endpoint = route.build_tokens_endpoint(found["chat_route"], _request_model(found["request_base"]))
+            model = _request_model(found["request_base"])
+            endpoint = route.build_tokens_endpoint(found["chat_route"], model, adapter.route_error)
             added = route.add_route(app, current.route_path, endpoint, found["json_validator"])
             _log_once(
                 logging.INFO,
@@ -184,7 +189,8 @@ def _mount(adapter: Adapter, app: Any) -> None:
                 f"{exc}; POST {current.route_path} answers 501"
             )
             _fail(reason, current)
-            added = route.add_route(app, current.route_path, route.build_unavailable_endpoint(reason), None)
+            unavailable = route.build_unavailable_endpoint(reason, adapter.route_error)
+            added = route.add_route(app, current.route_path, unavailable, None)
         _state.mounted.append((weakref.ref(app), added))
 
 
@@ -209,11 +215,12 @@ def _patch_render(adapter: Adapter, current: settings.Settings) -> None:
     for target in adapter.render_targets:
         owner = target.location.resolve_owner()
         attribute = target.location.attribute
-        original = owner.__dict__.get(attribute, getattr(owner, attribute))
+        inherited = attribute not in vars(owner)
+        original = getattr(owner, attribute) if inherited else vars(owner)[attribute]
         if isinstance(original, PatchWrapper):
             continue
         setattr(owner, attribute, PatchWrapper(original, _render_wrapper(swap, target.is_async)))
-        _state.patches.append(_Patch(owner, attribute, original))
+        _state.patches.append(_Patch(owner, attribute, original, inherited))
 
 
 def _render_wrapper(swap: Any, is_async: bool) -> Any:

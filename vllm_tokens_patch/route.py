@@ -26,16 +26,22 @@ FIRST_MISMATCH_HEADER = "x-vllm-tokens-first-mismatch"
 """On `mismatch`: the first index at which `tokens` differ from the rendered ids."""
 
 Endpoint = Callable[..., Awaitable[Any]]
+ErrorMaker = Callable[[Any, str, str, int, "str | None"], Any]
+"""`adapter.route_error(serving, message, err_type, status, param)`: this vLLM's `ErrorResponse`."""
 
 
 def error_response(
-    raw_request: Request, message: str, param: str | None, status: HTTPStatus, err_type: str
+    make_error: ErrorMaker,
+    raw_request: Request,
+    message: str,
+    param: str | None,
+    status: HTTPStatus,
+    err_type: str,
 ) -> JSONResponse:
     """An OpenAI-style error in this vLLM's own `ErrorResponse` format when the app can make one."""
     serving = getattr(raw_request.app.state, "openai_serving_chat", None)
     if serving is not None:
-        error = serving.create_error_response(message, err_type=err_type, status_code=status, param=param)
-        return as_response(error)
+        return as_response(make_error(serving, message, err_type, status, param))
     body = {"error": {"message": message, "type": err_type, "param": param, "code": int(status)}}
     return JSONResponse(content=body, status_code=int(status))
 
@@ -59,14 +65,16 @@ def set_verification_headers(response: Any, verification: Verification | None) -
         response.headers[FIRST_MISMATCH_HEADER] = str(verification.first_mismatch)
 
 
-def build_tokens_endpoint(chat_route: Endpoint, request_model: type[Any]) -> Endpoint:
+def build_tokens_endpoint(chat_route: Endpoint, request_model: type[Any], make_error: ErrorMaker) -> Endpoint:
     """The route function, typed with `request_model` so FastAPI parses and validates the body."""
 
     async def create_tokens_chat_completion(request: Any, raw_request: Request) -> Any:
         refusal = refusal_reason(request)
         if refusal is not None:
             message, param = refusal
-            return error_response(raw_request, message, param, HTTPStatus.BAD_REQUEST, "BadRequestError")
+            return error_response(
+                make_error, raw_request, message, param, HTTPStatus.BAD_REQUEST, "BadRequestError"
+            )
         response = as_response(await chat_route(request, raw_request))
         set_verification_headers(response, request._tokens_verification)
         return response
@@ -80,11 +88,13 @@ def build_tokens_endpoint(chat_route: Endpoint, request_model: type[Any]) -> End
     return create_tokens_chat_completion
 
 
-def build_unavailable_endpoint(reason: str) -> Endpoint:
+def build_unavailable_endpoint(reason: str, make_error: ErrorMaker) -> Endpoint:
     """The route when the patch could not apply: a clear 501 instead of a silent 404."""
 
     async def tokens_route_unavailable(raw_request: Request) -> JSONResponse:
-        return error_response(raw_request, reason, None, HTTPStatus.NOT_IMPLEMENTED, "NotImplementedError")
+        return error_response(
+            make_error, raw_request, reason, None, HTTPStatus.NOT_IMPLEMENTED, "NotImplementedError"
+        )
 
     return tokens_route_unavailable
 

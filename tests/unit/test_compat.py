@@ -66,6 +66,7 @@ def test_every_named_adapter_loads_and_is_complete() -> None:
 def test_ci_set_covers_each_route_hook_family() -> None:
     ci = compat.load_matrix().ci_versions
     families = [
+        ("0.10.2", "0.14.1"),
         ("0.15.0", "0.16.0"),
         ("0.17.0", "0.22.1"),
         ("0.23.0", "0.25.1"),
@@ -84,7 +85,9 @@ def test_ci_set_covers_each_route_hook_family() -> None:
         ("0.32.0+cpu", "render_chat_request_v0_16", True),
         ("0.34.0", "render_chat_request_v0_16", False),
         ("0.20.3.dev12+g1234", "render_chat_request_v0_16", False),
-        ("0.14.1", None, False),
+        ("0.14.1", "preprocess_chat_v0_13", True),
+        ("0.10.2", "preprocess_chat_v0_10", True),
+        ("0.10.1", None, False),
         ("0.9.2", None, False),
     ],
 )

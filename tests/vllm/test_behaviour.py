@@ -307,35 +307,39 @@ def test_api_key_is_required(run: Any, served: VllmApp) -> None:
 # --- patch lifecycle (these rebuild apps; keep them last) -------------------------------------------------
 
 
-def _render_attr() -> Any:
-    from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+def _patched_places() -> list[tuple[Any, str]]:
+    """(owner, attribute) of every place the active adapter patches: the route hook and render methods."""
+    adapter = plugin._state.adapter
+    assert adapter is not None
+    locations = [adapter.route_hook, *(target.location for target in adapter.render_targets)]
+    return [(location.resolve_owner(), location.attribute) for location in locations]
 
-    return OpenAIServingChat.__dict__["render_chat_request"]
 
-
-def _hook_attr() -> Any:
-    from vllm.entrypoints.openai.chat_completion import api_router
-
-    return api_router.attach_router
+def _current() -> list[Any]:
+    return [getattr(owner, attribute) for owner, attribute in _patched_places()]
 
 
 def test_register_twice_is_harmless(served: VllmApp) -> None:
-    before = (_render_attr(), _hook_attr(), plugin.status())
+    before = (_current(), plugin.status())
     vllm_tokens_patch.register()
     vllm_tokens_patch.register()
-    assert (_render_attr(), _hook_attr(), plugin.status()) == before
-    assert isinstance(_render_attr(), plugin.PatchWrapper)
-    assert not isinstance(_render_attr().__wrapped__, plugin.PatchWrapper), "wrapped twice"
+    assert (_current(), plugin.status()) == before
+    for obj in _current():
+        assert isinstance(obj, plugin.PatchWrapper)
+        assert not isinstance(obj.__wrapped__, plugin.PatchWrapper), "wrapped twice"
 
 
 def test_unpatch_restores_every_original_and_register_reapplies(
     run: Any, build: Any, served: VllmApp
 ) -> None:
-    wrapped_render, wrapped_hook = _render_attr(), _hook_attr()
+    places = _patched_places()
+    originals = [obj.__wrapped__ for obj in _current()]
     vllm_tokens_patch.unpatch()
     try:
-        assert _render_attr() is wrapped_render.__wrapped__
-        assert _hook_attr() is wrapped_hook.__wrapped__
+        assert [getattr(owner, attribute) for owner, attribute in places] == originals
+        assert not any(
+            isinstance(obj, plugin.PatchWrapper) for owner, _ in places for obj in vars(owner).values()
+        )
         assert ROUTE not in route_paths(served.app.router.routes)
         assert post(run, served, ROUTE, body(served, tokens=[1, 2, 3])).status_code in (404, 405)
         stock = post(run, served, STOCK, body(served))

@@ -134,6 +134,10 @@ class Adapter:
         """What a render method hands back to report a client error before any stream opens."""
         return serving.create_error_response(message, param=param)
 
+    def route_error(self, serving: Any, message: str, err_type: str, status: int, param: str | None) -> Any:
+        """vLLM's own `ErrorResponse` for an error the route reports itself (refusals, 501)."""
+        return serving.create_error_response(message, err_type=err_type, status_code=status, param=param)
+
     # --- discovery ----------------------------------------------------------------------------------
 
     def probe(self) -> dict[str, Any]:

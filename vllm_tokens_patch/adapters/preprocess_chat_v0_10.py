@@ -1,0 +1,61 @@
+"""vLLM 0.10.2 - 0.12.0 (era A): the prompt is rendered by `OpenAIServing._preprocess_chat` (inherited
+by `OpenAIServingChat`; patched on the chat class only, since tokenize, responses, pooling and embeddings
+share it) or, for gpt-oss, by the sync `_make_request_with_harmony`. Both return
+`(conversation, request_prompts, engine_prompts)`; `request_prompts[0]` (rendered text) feeds request
+logging and `prompt_text`, so it is replaced too. The chat route, `validate_json_request` and `build_app`
+live on `openai.api_server` (imported before plugins load; `build_app` is looked up at call time).
+Render methods report client errors by raising `ValueError` (the serving method turns it into a 400
+before any stream, appending `" None"` to the message, as for every error in this era), and
+`create_error_response` takes no `param`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from vllm_tokens_patch.adapters.base import Adapter, Location, RenderContext, RenderTarget, _vocab_size
+
+_OPENAI = "vllm.entrypoints.openai"
+
+
+class PreprocessChatV010(Adapter):
+    name = "preprocess_chat_v0_10"
+
+    route_hook = Location(f"{_OPENAI}.api_server", "build_app")
+    chat_route = Location(f"{_OPENAI}.api_server", "create_chat_completion")
+    json_validator = Location(f"{_OPENAI}.api_server", "validate_json_request")
+    request_base = Location(f"{_OPENAI}.protocol", "ChatCompletionRequest")
+    render_targets = (
+        RenderTarget(Location(f"{_OPENAI}.serving_chat", "OpenAIServingChat._preprocess_chat"), True),
+        RenderTarget(
+            Location(f"{_OPENAI}.serving_chat", "OpenAIServingChat._make_request_with_harmony"), False
+        ),
+    )
+
+    def app_of(self, args: Sequence[Any], kwargs: dict[str, Any], result: Any) -> Any:
+        return result  # build_app(args) returns the app
+
+    def render_context(self, serving: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> RenderContext:
+        # `_preprocess_chat(request, tokenizer, messages, ...)`; harmony calls carry no tokenizer.
+        tokenizer = kwargs.get("tokenizer", args[1] if len(args) > 1 else None)
+        return RenderContext(
+            max_model_len=int(serving.max_model_len),
+            vocab_size=_vocab_size(serving.model_config),
+            tokenizer=tokenizer if hasattr(tokenizer, "encode") else None,
+        )
+
+    def check_length(self, serving: Any, request: Any, tokens: list[int], context: RenderContext) -> None:
+        serving._validate_input(request, tokens, "")
+
+    def error_from_render(self, serving: Any, message: str, param: str | None) -> Any:
+        raise ValueError(message)
+
+    def route_error(self, serving: Any, message: str, err_type: str, status: int, param: str | None) -> Any:
+        return serving.create_error_response(message, err_type=err_type, status_code=status)
+
+    def after_swap(self, result: Any, tokens: list[int]) -> None:
+        result[1][0] = list(tokens)  # request_prompts: what vLLM logs and reports as the prompt
+
+
+ADAPTER = PreprocessChatV010()
