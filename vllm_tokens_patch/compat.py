@@ -29,6 +29,8 @@ class Release:
     cpu_wheel: bool = False
     status: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    pins: tuple[str, ...] = ()
+    """Extra requirements the test environments need (the PyPI snapshot resolves newer, incompatible ones)."""
 
     @property
     def supported(self) -> bool:
@@ -94,6 +96,7 @@ def parse_matrix(text: str) -> Matrix:
             cpu_wheel=bool(row.get("cpu_wheel", False)),
             status=dict(row.get("status") or {}),
             notes=str(row.get("notes", "") or ""),
+            pins=tuple(row.get("pins") or ()),
         )
         for row in data["releases"]
     )

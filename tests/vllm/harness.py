@@ -116,6 +116,40 @@ def _settable_property(name: str, default: Any) -> property:
     )
 
 
+def _input_processor(vllm_config: Any) -> tuple[Any, Any, Any]:
+    """(input processor, renderer, tokenizer) built the way this release's `AsyncLLM.__init__` does."""
+    processor_class = _first_attr(
+        [("vllm.v1.engine.input_processor", "InputProcessor"), ("vllm.v1.engine.processor", "Processor")]
+    )
+    params = inspect.signature(processor_class).parameters
+    if "renderer" in params:  # 0.17+
+        from vllm.renderers import renderer_from_config
+
+        renderer = renderer_from_config(vllm_config)
+        return processor_class(vllm_config, renderer), renderer, renderer.tokenizer
+    if "tokenizer" not in params:  # 0.15-0.16: the processor owns the renderer
+        processor = processor_class(vllm_config)
+        return processor, processor.renderer, processor.renderer.tokenizer
+    model_config = vllm_config.model_config
+    make_tokenizer = _first_attr(
+        [
+            ("vllm.tokenizers", "cached_tokenizer_from_config"),  # 0.13-0.14
+            ("vllm.tokenizers", "init_tokenizer_from_config"),  # 0.12
+            ("vllm.transformers_utils.tokenizer", "init_tokenizer_from_configs"),  # 0.11
+            ("vllm.transformers_utils.tokenizer_group", "init_tokenizer_from_configs"),  # 0.10
+        ]
+    )
+    if "scheduler_config" in inspect.signature(make_tokenizer).parameters:  # a TokenizerGroup
+        tokenizer = make_tokenizer(
+            model_config=model_config,
+            scheduler_config=vllm_config.scheduler_config,
+            lora_config=vllm_config.lora_config,
+        )
+    else:
+        tokenizer = make_tokenizer(model_config)
+    return processor_class(vllm_config, tokenizer), None, tokenizer
+
+
 def make_engine_class() -> type:
     """A concrete subclass of this release's `EngineClient`: abstract members get harmless stubs."""
     from vllm.engine.protocol import EngineClient
@@ -140,7 +174,15 @@ def make_engine_class() -> type:
             namespace[name] = _stub
     for name, value in defaults.items():
         namespace[name] = _settable_property(name, value)
-    for name in ("renderer", "input_processor", "io_processor", "tokenizer", "model_config", "vllm_config"):
+    for name in (
+        "renderer",
+        "input_processor",
+        "processor",
+        "io_processor",
+        "tokenizer",
+        "model_config",
+        "vllm_config",
+    ):
         if isinstance(inspect.getattr_static(EngineClient, name, None), property):
             namespace[name] = _settable_property(name, None)
     for name in (
@@ -162,23 +204,15 @@ class FakeEngineMixin:
     """Records every prompt and replays `script`."""
 
     def _setup(self, vllm_config: Any) -> None:
-        from vllm.v1.engine.input_processor import InputProcessor
-
         self.vllm_config = vllm_config
         self.model_config = vllm_config.model_config
         self.prompts: list[dict[str, Any]] = []
         self.sampling_params: list[Any] = []
         self.script = Script(text="Hello there")
-        if "renderer" in inspect.signature(InputProcessor).parameters:  # 0.17+: as AsyncLLM builds it
-            from vllm.renderers import renderer_from_config
-
-            self.renderer = renderer_from_config(vllm_config)
-            self.input_processor = InputProcessor(vllm_config, self.renderer)
-        else:
-            self.input_processor = InputProcessor(vllm_config)
-            self.renderer = self.input_processor.renderer
         self.io_processor = None
-        self.tokenizer = getattr(self.renderer, "tokenizer", None)
+        processor, self.renderer, tokenizer = _input_processor(vllm_config)
+        self.input_processor = self.processor = processor
+        self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # unwrap a TokenizerGroup (<= 0.11.0)
 
     async def generate(
         self, prompt: Any, sampling_params: Any, request_id: str, *args: Any, **kwargs: Any

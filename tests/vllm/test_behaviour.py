@@ -315,8 +315,13 @@ def _patched_places() -> list[tuple[Any, str]]:
     return [(location.resolve_owner(), location.attribute) for location in locations]
 
 
+def _raw(owner: Any, attribute: str) -> Any:
+    """The attribute as stored (class access would hand back a bound wrapper), or as inherited."""
+    return vars(owner).get(attribute, getattr(owner, attribute))
+
+
 def _current() -> list[Any]:
-    return [getattr(owner, attribute) for owner, attribute in _patched_places()]
+    return [_raw(owner, attribute) for owner, attribute in _patched_places()]
 
 
 def test_register_twice_is_harmless(served: VllmApp) -> None:
@@ -336,7 +341,7 @@ def test_unpatch_restores_every_original_and_register_reapplies(
     originals = [obj.__wrapped__ for obj in _current()]
     vllm_tokens_patch.unpatch()
     try:
-        assert [getattr(owner, attribute) for owner, attribute in places] == originals
+        assert [_raw(owner, attribute) for owner, attribute in places] == originals
         assert not any(
             isinstance(obj, plugin.PatchWrapper) for owner, _ in places for obj in vars(owner).values()
         )
@@ -362,11 +367,8 @@ def test_fail_safe_when_the_render_function_is_unfindable(
 
     adapter = plugin._state.adapter
     assert adapter is not None
-    gone = (
-        RenderTarget(
-            Location("vllm.entrypoints.openai.chat_completion.serving", "OpenAIServingChat.gone"), True
-        ),
-    )
+    module = adapter.render_targets[0].location.module
+    gone = (RenderTarget(Location(module, "OpenAIServingChat.gone"), True),)
     vllm_tokens_patch.unpatch()
     monkeypatch.setattr(type(adapter), "render_targets", gone)
     try:
