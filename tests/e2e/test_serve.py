@@ -22,6 +22,11 @@ MESSAGES = [{"role": "user", "content": "Hello world, how are you today?"}]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
+def post(url: str, **kwargs: Any) -> httpx.Response:
+    """A CPU engine on 2 shared cores can take seconds per request: httpx's 5 s default is too short."""
+    return httpx.post(url, timeout=120, **kwargs)
+
+
 def sdk(server: VllmServer) -> OpenAI:
     return OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY)
 
@@ -46,7 +51,7 @@ def test_ids_agree_everywhere_and_completions_match(server: VllmServer, model: P
             MESSAGES, add_generation_prompt=True, tokenize=True, return_dict=True
         )["input_ids"]
     )
-    tokenized = httpx.post(
+    tokenized = post(
         f"{server.url}/tokenize", json={"model": str(model), "messages": MESSAGES}, headers=AUTH
     ).json()["tokens"]
     client = sdk(server)
@@ -110,8 +115,8 @@ def test_streaming_on_the_token_route(server: VllmServer, model: Path) -> None:
 
 def test_api_key(server: VllmServer, model: Path) -> None:
     body = {"model": str(model), "messages": MESSAGES, "tokens": [1, 2, 3], "max_tokens": 2}
-    assert httpx.post(f"{server.url}/v1/chat/completions/tokens", json=body).status_code == 401
-    assert httpx.post(f"{server.url}/v1/chat/completions/tokens", json=body, headers=AUTH).status_code == 200
+    assert post(f"{server.url}/v1/chat/completions/tokens", json=body).status_code == 401
+    assert post(f"{server.url}/v1/chat/completions/tokens", json=body, headers=AUTH).status_code == 200
 
 
 def test_mismatch_is_logged_and_reported(server: VllmServer, model: Path) -> None:
@@ -126,7 +131,7 @@ def test_mismatch_is_logged_and_reported(server: VllmServer, model: Path) -> Non
         "max_tokens": 2,
         "request_id": "e2e-drift-42",
     }
-    response = httpx.post(f"{server.url}/v1/chat/completions/tokens", json=body, headers=AUTH)
+    response = post(f"{server.url}/v1/chat/completions/tokens", json=body, headers=AUTH)
     assert response.status_code == 200
     assert response.headers["x-vllm-tokens-verification"] == "mismatch"
     assert response.headers["x-vllm-tokens-first-mismatch"] == "3"
@@ -157,13 +162,13 @@ def test_mismatch_is_logged_and_reported(server: VllmServer, model: Path) -> Non
 )
 def test_bad_input_is_4xx_before_any_stream(server: VllmServer, model: Path, fields: dict[str, Any]) -> None:
     body = {"model": str(model), "messages": MESSAGES, "max_tokens": 4, "stream": True, **fields}
-    response = httpx.post(f"{server.url}/v1/chat/completions/tokens", json=body, headers=AUTH)
+    response = post(f"{server.url}/v1/chat/completions/tokens", json=body, headers=AUTH)
     assert 400 <= response.status_code < 500, response.text
     assert response.headers["content-type"].startswith("application/json")
     assert response.json().get("error") or response.json().get("detail")
     assert server.healthy()
     ok = {"model": str(model), "messages": MESSAGES, "tokens": [1, 2, 3], "max_tokens": 2}
-    assert httpx.post(f"{server.url}/v1/chat/completions/tokens", json=ok, headers=AUTH).status_code == 200
+    assert post(f"{server.url}/v1/chat/completions/tokens", json=ok, headers=AUTH).status_code == 200
 
 
 def test_two_api_servers_both_serve_the_route(multi_server: VllmServer, model: Path) -> None:
