@@ -24,6 +24,8 @@ class TokenChatClient:
     model: str
     api_key: str | None = None
     timeout: float = 120.0
+    transport: Any = None
+    """An `httpx` transport to use instead of the network (tests, custom proxies)."""
     _http: Any = field(init=False, repr=False)
     _close_ids: list[int] | None = field(default=None, init=False, repr=False)
 
@@ -32,7 +34,9 @@ class TokenChatClient:
 
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         root = self.base_url.rstrip("/").removesuffix("/v1")
-        self._http = httpx.Client(base_url=root, headers=headers, timeout=self.timeout)
+        self._http = httpx.Client(
+            base_url=root, headers=headers, timeout=self.timeout, transport=self.transport
+        )
 
     def close(self) -> None:
         self._http.close()
