@@ -131,6 +131,9 @@ def _register(current: settings.Settings) -> None:
         on_import(module)
     else:
         wrapt.register_post_import_hook(on_import, adapter.route_hook.module)
+    main = sys.modules.get("__main__")
+    if getattr(getattr(main, "__spec__", None), "name", None) == adapter.route_hook.module:
+        on_import(main)  # `python -m <route-hook module>`: the running copy is __main__, not the import
 
 
 def _fail(reason: str, current: settings.Settings | None = None, *, serving: bool = True) -> None:

@@ -186,6 +186,24 @@ def test_unknown_old_vllm_never_raises(fake_vllm: Path, monkeypatch: pytest.Monk
         plugin.register()
 
 
+def test_route_hook_module_running_as_main_is_patched(
+    fake_vllm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`python -m vllm.entrypoints.openai.api_server` runs the hook's module as __main__ (<= 0.28)."""
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec(f"{CHAT}.api_router")
+    main = types.ModuleType("__main__")
+    main.__spec__ = spec
+    exec(compile(Path(spec.origin).read_text(), spec.origin, "exec"), main.__dict__)
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    plugin.register()
+    assert isinstance(main.attach_router, plugin.PatchWrapper)
+    plugin.unpatch()
+    assert not isinstance(main.attach_router, plugin.PatchWrapper)
+
+
 def test_disabled_does_nothing(fake_vllm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VLLM_TOKENS_PATCH_DISABLE", "1")
     settings.current.cache_clear()
