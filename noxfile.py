@@ -160,6 +160,25 @@ def demo(session: nox.Session) -> None:
     session.run("python", str(ROOT / "tools" / "demo.py"), *session.posargs)
 
 
+NEWEST = max(MATRIX.supported, key=lambda r: tuple(int(p) for p in r.version.split(".")))
+
+
+@nox.session(python=NEWEST.python, tags=["bench"])
+def bench(session: nox.Session) -> None:
+    """Token route vs stock route on the newest vLLM's real app (fake engine): results + plot."""
+    session.env.update(
+        {
+            "VLLM_CACHE_ROOT": str(Path(session.virtualenv.location) / "vllm-cache"),
+            "UV_COMPILE_BYTECODE": "1",
+            "VLLM_TARGET_DEVICE": "cpu",
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
+    session.install(f"vllm=={NEWEST.version}", *NEWEST.pins, "--override", str(OVERRIDES))
+    session.install(*REINSTALL_OURS, ".", "./tests/support/cpu_platform", "httpx", "matplotlib")
+    session.run("python", "benchmarks/route_overhead.py", *session.posargs)
+
+
 @nox.session(python=False)
 def record(session: nox.Session) -> None:
     """Copy artifacts/results/*.json into compat_matrix.yaml's status fields."""
