@@ -106,6 +106,28 @@ def test_stock_route_is_untouched_even_with_a_stray_tokens_field(run: Any, serve
     assert "x-vllm-tokens-verification" not in stray.headers
 
 
+def test_tokens_is_not_reported_as_an_ignored_field(run: Any, served: VllmApp) -> None:
+    """vLLM logs unknown request fields ("... ignored"); `tokens` is a field of our request class."""
+    records = Records()
+    vllm_logger = logging.getLogger("vllm")
+    vllm_logger.addHandler(records)
+    level = vllm_logger.level
+    vllm_logger.setLevel(logging.DEBUG)
+    try:
+        ours = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES)))
+        ignored_ours = [r.getMessage() for r in records.records if "ignored" in r.getMessage()]
+        stray = post(run, served, STOCK, body(served, tokens=[1, 2], not_a_field=1))
+    finally:
+        vllm_logger.removeHandler(records)
+        vllm_logger.setLevel(level)
+    assert ours.status_code == stray.status_code == 200
+    assert not [m for m in ignored_ours if "tokens" in m], ignored_ours
+    # the same check sees vLLM's report for the stock route: it would notice ours
+    assert any("not_a_field" in r.getMessage() for r in records.records), [
+        r.getMessage() for r in records.records
+    ]
+
+
 def test_match_logs_nothing_and_says_match(run: Any, served: VllmApp, plugin_logs: Records) -> None:
     response = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES)))
     assert response.status_code == 200, response.text
