@@ -20,6 +20,7 @@ import wrapt
 
 from vllm_tokens_patch import compat, settings
 from vllm_tokens_patch.adapters import Adapter, AdapterMismatch, load
+from vllm_tokens_patch.tokens import TokensSwap
 
 logger = logging.getLogger("vllm.tokens_patch")
 
@@ -212,8 +213,6 @@ def is_tokens_request(request: Any) -> bool:
 
 
 def _patch_render(adapter: Adapter, current: settings.Settings) -> None:
-    from vllm_tokens_patch.tokens import TokensSwap
-
     swap = TokensSwap(adapter, is_tokens_request, verify=current.verify != "off")
     for target in adapter.render_targets:
         owner = target.location.resolve_owner()
@@ -226,7 +225,7 @@ def _patch_render(adapter: Adapter, current: settings.Settings) -> None:
         _state.patches.append(_Patch(owner, attribute, original, inherited))
 
 
-def _render_wrapper(swap: Any, is_async: bool) -> Any:
+def _render_wrapper(swap: TokensSwap, is_async: bool) -> Any:
     """Pass other requests straight through (same coroutine, no extra frame); swap ours."""
 
     async def apply_async(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -234,7 +233,7 @@ def _render_wrapper(swap: Any, is_async: bool) -> Any:
 
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request = args[0] if args else kwargs.get("request")
-        if not is_tokens_request(request):
+        if not swap.is_tokens_request(request):
             return wrapped(*args, **kwargs)
         if is_async:
             return apply_async(wrapped, instance, args, kwargs)
