@@ -101,6 +101,8 @@ def register() -> None:
         _state.registered = True
         try:
             _register(current)
+        except PatchError:
+            raise  # strict mode, already worded
         except Exception as exc:
             message = f"vllm-tokens-patch could not register: {type(exc).__name__}: {exc}"
             if current.strict:
@@ -187,12 +189,15 @@ def _mount(adapter: Adapter, app: Any) -> None:
                 f"vllm-tokens-patch: POST {current.route_path} enabled "
                 f"(vLLM {_state.vllm_version}, adapter {adapter.name})",
             )
-        except AdapterMismatch as exc:
+        except Exception as exc:  # a moved vLLM internal, or a bug of ours: vLLM must still start
+            what = str(exc) if isinstance(exc, AdapterMismatch) else f"{type(exc).__name__}: {exc}"
             reason = (
                 f"vllm-tokens-patch cannot patch vLLM {_state.vllm_version} (adapter {adapter.name}): "
-                f"{exc}; POST {current.route_path} answers 501"
+                f"{what}; POST {current.route_path} answers 501"
             )
-            _fail(reason, current)
+            _fail(
+                reason, current
+            )  # a render wrapper left behind stays inert: only our requests pass its gate
             unavailable = route.build_unavailable_endpoint(reason, adapter.route_error)
             added = route.add_route(app, current.route_path, unavailable, None)
         _state.mounted.append((weakref.ref(app), added))

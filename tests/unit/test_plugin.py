@@ -167,6 +167,21 @@ def test_missing_render_function_gives_501_and_one_error(
     assert len(errors) == 1
 
 
+def test_an_unexpected_error_while_mounting_still_lets_vllm_start(
+    fake_vllm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(base: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(plugin, "_request_model", broken)
+    plugin.register()
+    app = build_app()  # vLLM's build_app must not see our exception
+    assert app.state.chat_attached
+    response = call(app, PAYLOAD)
+    assert response.status_code == 501
+    assert "RuntimeError: boom" in response.json()["error"]["message"]
+
+
 def test_strict_mode_fails_startup(fake_vllm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     del importlib.import_module(f"{CHAT}.serving").OpenAIServingChat.render_chat_request
     monkeypatch.setenv("VLLM_TOKENS_PATCH_STRICT", "1")
