@@ -125,7 +125,7 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=200)
-    parser.add_argument("--words", type=int, nargs="+", default=[8, 500, 1800])
+    parser.add_argument("--words", type=int, nargs="+", default=[8, 300, 1200])
     parser.add_argument("--out", default=str(ROOT / "artifacts" / "bench"))
     asyncio.run(main_async(parser.parse_args()))
 

@@ -56,6 +56,8 @@ class Verification:
 
 def first_difference(rendered: Sequence[int], tokens: Sequence[int]) -> int | None:
     """The first index at which the lists differ (a length difference counts), or None if equal."""
+    if rendered == tokens:  # the common case, compared at C speed
+        return None
     for index, (left, right) in enumerate(zip(rendered, tokens, strict=False)):
         if left != right:
             return index
@@ -87,13 +89,11 @@ def validate_ids(tokens: Sequence[int], context: RenderContext) -> None:
     if not tokens:
         raise TokensRejected("`tokens` must contain at least one token id")
     bound = vocabulary_bound(context)
-    if bound is not None:
-        for index, token_id in enumerate(tokens):
-            if token_id < 0 or token_id > bound:
-                raise TokensRejected(
-                    f"Token id {token_id} at tokens[{index}] is out of vocabulary "
-                    f"(valid ids are 0 to {bound})"
-                )
+    if bound is not None and (min(tokens) < 0 or max(tokens) > bound):  # C-speed scan; locate only on failure
+        index, token_id = next((i, t) for i, t in enumerate(tokens) if t < 0 or t > bound)
+        raise TokensRejected(
+            f"Token id {token_id} at tokens[{index}] is out of vocabulary (valid ids are 0 to {bound})"
+        )
     if len(tokens) >= context.max_model_len:
         raise TokensRejected(
             f"This model's maximum context length is {context.max_model_len} tokens. However, your "
