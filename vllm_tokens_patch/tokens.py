@@ -128,7 +128,7 @@ def report_mismatch(request_id: str, rendered: Sequence[int], tokens: Sequence[i
 
 @dataclass
 class TokensSwap:
-    """Applies the client's ids to one render result; built once per app with its adapter."""
+    """Applies the client's ids to a render result; built once per process with its adapter."""
 
     adapter: Adapter
     is_tokens_request: Callable[[Any], bool]
