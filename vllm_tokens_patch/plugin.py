@@ -195,9 +195,8 @@ def _mount(adapter: Adapter, app: Any) -> None:
                 f"vllm-tokens-patch cannot patch vLLM {_state.vllm_version} (adapter {adapter.name}): "
                 f"{what}; POST {current.route_path} answers 501"
             )
-            _fail(
-                reason, current
-            )  # a render wrapper left behind stays inert: only our requests pass its gate
+            # A render wrapper left behind stays inert: only our requests pass its gate.
+            _fail(reason, current)
             unavailable = route.build_unavailable_endpoint(reason, adapter.route_error)
             added = route.add_route(app, current.route_path, unavailable, None)
         _state.mounted.append((weakref.ref(app), added))

@@ -116,19 +116,25 @@ class Adapter:
     def after_swap(self, result: Any, tokens: list[int]) -> None:
         """Fix anything besides the engine-input dict that still holds the rendered prompt."""
 
+    def tokenizer_of(self, serving: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any | None:
+        """The tokenizer this render call uses (default: the serving object's renderer's)."""
+        return getattr(getattr(serving, "renderer", None), "tokenizer", None)
+
     def render_context(self, serving: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> RenderContext:
         """Model limits and tokenizer as the serving object sees them."""
         model_config = serving.model_config
-        renderer = getattr(serving, "renderer", None)
         return RenderContext(
             max_model_len=int(model_config.max_model_len),
             vocab_size=_vocab_size(model_config),
-            tokenizer=getattr(renderer, "tokenizer", None),
+            tokenizer=self.tokenizer_of(serving, args, kwargs),
         )
 
     def check_length(self, serving: Any, request: Any, tokens: list[int], context: RenderContext) -> None:
-        """Run this release's own rendered-prompt length check on `tokens`; raise with vLLM's message."""
-        raise NotImplementedError
+        """Run this release's own rendered-prompt length check on `tokens`; raise with vLLM's message.
+
+        Default: `OpenAIServing._validate_input`, the check 0.10.2-0.15.1 run on a rendered prompt.
+        """
+        serving._validate_input(request, tokens, "")
 
     def error_from_render(self, serving: Any, message: str, param: str | None) -> Any:
         """What a render method hands back to report a client error before any stream opens."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from vllm_tokens_patch.adapters.base import Adapter, Location, RenderContext, RenderTarget, _vocab_size
+from vllm_tokens_patch.adapters.base import Adapter, Location, RenderTarget
 
 _OPENAI = "vllm.entrypoints.openai"
 
@@ -36,17 +36,10 @@ class PreprocessChatV010(Adapter):
     def app_of(self, args: Sequence[Any], kwargs: dict[str, Any], result: Any) -> Any:
         return result  # build_app(args) returns the app
 
-    def render_context(self, serving: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> RenderContext:
+    def tokenizer_of(self, serving: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any | None:
         # `_preprocess_chat(request, tokenizer, messages, ...)`; harmony calls carry no tokenizer.
         tokenizer = kwargs.get("tokenizer", args[1] if len(args) > 1 else None)
-        return RenderContext(
-            max_model_len=int(serving.max_model_len),
-            vocab_size=_vocab_size(serving.model_config),
-            tokenizer=tokenizer if hasattr(tokenizer, "encode") else None,
-        )
-
-    def check_length(self, serving: Any, request: Any, tokens: list[int], context: RenderContext) -> None:
-        serving._validate_input(request, tokens, "")
+        return tokenizer if hasattr(tokenizer, "encode") else None
 
     def error_from_render(self, serving: Any, message: str, param: str | None) -> Any:
         raise ValueError(message)

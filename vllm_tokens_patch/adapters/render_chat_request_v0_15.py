@@ -1,12 +1,10 @@
-"""vLLM 0.15.0 - 0.15.1: `OpenAIServingChat.render_chat_request` appears; the length check is still
-`OpenAIServing._validate_input`, and the route returns a raised error as HTTP 200, so a render method
-must *return* vLLM's `ErrorResponse` (the default `error_from_render`)."""
+"""vLLM 0.15.0 - 0.15.1: `OpenAIServingChat.render_chat_request` appears. The length check is still
+`OpenAIServing._validate_input` (the base default), and the route returns a raised error as HTTP 200,
+so a render method must *return* vLLM's `ErrorResponse` (the default `error_from_render`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from vllm_tokens_patch.adapters.base import Adapter, Location, RenderContext, RenderTarget
+from vllm_tokens_patch.adapters.base import Adapter, Location, RenderTarget
 
 _CHAT = "vllm.entrypoints.openai.chat_completion"
 
@@ -21,9 +19,6 @@ class RenderChatRequestV015(Adapter):
     render_targets = (
         RenderTarget(Location(f"{_CHAT}.serving", "OpenAIServingChat.render_chat_request"), True),
     )
-
-    def check_length(self, serving: Any, request: Any, tokens: list[int], context: RenderContext) -> None:
-        serving._validate_input(request, tokens, "")
 
 
 ADAPTER = RenderChatRequestV015()
