@@ -87,11 +87,11 @@ def _run_recorded(
 ) -> None:
     """Run pytest and record pass/fail in artifacts/results (only for full runs, not filtered ones)."""
     try:
-        session.run(*PYTEST, *args, *session.posargs, env=env)
+        ran = session.run(*PYTEST, *args, *session.posargs, env=env)
     except nox.command.CommandFailed:
         _write_result(kind, version, "fail", session)
         raise
-    if not session.posargs:
+    if ran is not None and not session.posargs:  # `--install-only` runs nothing: nothing to record
         _write_result(kind, version, "pass", session)
 
 
@@ -172,9 +172,22 @@ NEWEST = max(MATRIX.supported, key=lambda r: tuple(int(p) for p in r.version.spl
 
 @nox.session(python=NEWEST.python, tags=["bench"])
 def bench(session: nox.Session) -> None:
-    """Token route vs stock route on the newest vLLM's real app (fake engine): results + plot."""
+    """Token route vs stock route on the newest vLLM's real app (fake engine): results + plot.
+
+    Also fetches the realistic 65k BPE tokenizer (`anthropic/tokenizer.json` of the PyPI package
+    anthropic==0.34.2) into the session's tmp dir, without installing anthropic or its dependencies.
+    `nox -s bench -- --rounds 20` is a quick run; `-- --help` lists the options.
+    """
     _install_vllm(session, NEWEST, "matplotlib")
-    session.run("python", "benchmarks/route_overhead.py", *session.posargs)
+    args = list(session.posargs)
+    if not any(arg.startswith("--tokenizer-json") for arg in args):
+        target = Path(session.create_tmp()) / "anthropic-0.34.2"
+        tokenizer_json = target / "anthropic" / "tokenizer.json"
+        if not tokenizer_json.is_file():
+            install = ["uv", "pip", "install", "--no-deps", "--target", str(target)]
+            session.run(*install, "anthropic==0.34.2", external=True)
+        args += ["--tokenizer-json", str(tokenizer_json)]
+    session.run("python", "benchmarks/route_cost.py", *args)
 
 
 @nox.session(python=False)

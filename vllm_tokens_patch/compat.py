@@ -17,6 +17,9 @@ from packaging.version import InvalidVersion, Version
 
 MATRIX_FILE = "compat_matrix.yaml"
 
+_SafeLoader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's loader where PyYAML was built with it: `register()` parses the matrix in every vLLM process."""
+
 
 @dataclass(frozen=True)
 class Release:
@@ -25,6 +28,8 @@ class Release:
     version: str
     adapter: str | None
     python: str
+    fast_path: bool = False
+    """A token request without verification skips vLLM's render (see compat_matrix.yaml)."""
     cpu_torch: str | None = None
     cpu_wheel: bool = False
     status: dict[str, Any] = field(default_factory=dict)
@@ -86,12 +91,13 @@ def _matrix_text() -> str:
 
 
 def parse_matrix(text: str) -> Matrix:
-    data = yaml.safe_load(text)
+    data = yaml.load(text, Loader=_SafeLoader)
     releases = tuple(
         Release(
             version=str(row["version"]),
             adapter=row.get("adapter"),
             python=str(row.get("python", "3.12")),
+            fast_path=bool(row.get("fast_path", False)),
             cpu_torch=row.get("cpu_torch"),
             cpu_wheel=bool(row.get("cpu_wheel", False)),
             status=dict(row.get("status") or {}),

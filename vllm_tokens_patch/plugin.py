@@ -231,17 +231,13 @@ def _patch_render(adapter: Adapter, current: settings.Settings) -> None:
 
 def _render_wrapper(swap: TokensSwap, is_async: bool) -> Any:
     """Pass other requests straight through (same coroutine, no extra frame); swap ours."""
-
-    async def apply_async(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return swap.apply(instance, args, kwargs, await wrapped(*args, **kwargs))
+    render = swap.render_async if is_async else swap.render_sync
 
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request = args[0] if args else kwargs.get("request")
         if not swap.is_tokens_request(request):
             return wrapped(*args, **kwargs)
-        if is_async:
-            return apply_async(wrapped, instance, args, kwargs)
-        return swap.apply(instance, args, kwargs, wrapped(*args, **kwargs))
+        return render(wrapped, instance, args, kwargs)
 
     return wrapper
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, PrivateAttr, StrictInt
+from pydantic import Field, PrivateAttr, StrictBool, StrictInt
 
 TokenIds = Annotated[
     list[Annotated[StrictInt, Field(ge=0)]],
@@ -20,6 +20,16 @@ TokenIds = Annotated[
     ),
 ]
 """Non-empty list of non-negative ints; bools, floats and strings are refused (strict ints)."""
+
+VERIFY_FIELD = "vllm_tokens_patch_verify"
+"""The per-request verification switch (prefixed with the package name so no vLLM field can collide)."""
+VerifySwitch = Annotated[
+    StrictBool | None,
+    Field(
+        description="Compare `tokens` with the ids rendered from `messages` (default: the server's "
+        "VLLM_TOKENS_PATCH_VERIFY). `false` takes the fast path: vLLM does not render `messages`.",
+    ),
+]
 
 TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", "refusal", "thinking"})
 
@@ -34,7 +44,12 @@ def build_request_model(base: type[Any]) -> type[Any]:
         "__module__": __name__,
         "__qualname__": "TokensChatCompletionRequest",
         "__doc__": "vLLM's ChatCompletionRequest plus `tokens`, the exact prompt ids.",
-        "__annotations__": {"tokens": TokenIds, "field_names": ClassVar[set[str] | None]},
+        "__annotations__": {
+            "tokens": TokenIds,
+            VERIFY_FIELD: VerifySwitch,
+            "field_names": ClassVar[set[str] | None],
+        },
+        VERIFY_FIELD: None,
         "field_names": None,
         "_tokens_verification": PrivateAttr(default=None),
         "__vllm_tokens_patch__": True,

@@ -54,16 +54,22 @@ class Verification:
         return "match" if self.matched else "mismatch"
 
 
+CHUNK = 512
+"""Ids compared per slice when locating a difference: slices compare at C speed, one chunk in Python."""
+
+
 def first_difference(rendered: Sequence[int], tokens: Sequence[int]) -> int | None:
     """The first index at which the lists differ (a length difference counts), or None if equal."""
     if rendered == tokens:  # the common case, compared at C speed
         return None
-    for index, (left, right) in enumerate(zip(rendered, tokens, strict=False)):
-        if left != right:
+    shorter = min(len(rendered), len(tokens))
+    start = 0
+    while start < shorter and rendered[start : start + CHUNK] == tokens[start : start + CHUNK]:
+        start += CHUNK
+    for index in range(start, min(start + CHUNK, shorter)):
+        if rendered[index] != tokens[index]:
             return index
-    if len(rendered) != len(tokens):
-        return min(len(rendered), len(tokens))
-    return None
+    return shorter
 
 
 def vocabulary_bound(context: RenderContext) -> int | None:
@@ -85,12 +91,16 @@ def vocabulary_bound(context: RenderContext) -> int | None:
 
 
 def validate_ids(tokens: Sequence[int], context: RenderContext) -> None:
-    """Raise `TokensRejected` for what vLLM would only notice inside the engine (mid-stream)."""
+    """Raise `TokensRejected` for what vLLM would only notice inside the engine (mid-stream).
+
+    The request model already refused empty lists and negative or non-integer ids, so one C-speed `max`
+    is the whole scan; the offending position is located only on failure.
+    """
     if not tokens:
         raise TokensRejected("`tokens` must contain at least one token id")
     bound = vocabulary_bound(context)
-    if bound is not None and (min(tokens) < 0 or max(tokens) > bound):  # C-speed scan; locate only on failure
-        index, token_id = next((i, t) for i, t in enumerate(tokens) if t < 0 or t > bound)
+    if bound is not None and max(tokens) > bound:
+        index, token_id = next((i, t) for i, t in enumerate(tokens) if t > bound)
         raise TokensRejected(
             f"Token id {token_id} at tokens[{index}] is out of vocabulary (valid ids are 0 to {bound})"
         )
@@ -126,28 +136,95 @@ def report_mismatch(request_id: str, rendered: Sequence[int], tokens: Sequence[i
         logger.debug("vllm-tokens-patch: request %s tokens: %s", request_id, list(tokens))
 
 
+def _nothing() -> None:
+    return None
+
+
+@dataclass
+class _Render:
+    """One render call of a token request, between `TokensSwap.begin` and `TokensSwap.finish`."""
+
+    request: Any
+    verify: bool
+    context: RenderContext | None = None
+    """Set when the ids were validated before rendering (the fast path)."""
+    undo: Callable[[], None] = _nothing
+
+
 @dataclass
 class TokensSwap:
-    """Applies the client's ids to a render result; built once per process with its adapter."""
+    """Applies the client's ids around a render call; built with its adapter each time the route mounts."""
 
     adapter: Adapter
     is_tokens_request: Callable[[Any], bool]
     verify: bool = True
+    """The server default (`VLLM_TOKENS_PATCH_VERIFY`); the request's `vllm_tokens_patch_verify` wins."""
 
-    def apply(self, serving: Any, args: Sequence[Any], kwargs: dict[str, Any], result: Any) -> Any:
-        """Return `result` with the ids swapped, or this vLLM's client error for bad `tokens`."""
+    def wants_verify(self, request: Any) -> bool:
+        choice = getattr(request, "vllm_tokens_patch_verify", None)
+        return self.verify if choice is None else bool(choice)
+
+    def uses_fast_path(self, request: Any, verify: bool) -> bool:
+        """Skip vLLM's render: only unverified, where this vLLM has a native branch, and not for `echo`
+        (which echoes the rendered conversation, so it is rendered as on the stock route)."""
+        return not verify and self.adapter.fast_path and not getattr(request, "echo", False)
+
+    def render_sync(self, render: Callable[..., Any], serving: Any, args: Any, kwargs: Any) -> Any:
+        call, refused = self.begin(serving, args, kwargs)
+        if refused is not None:
+            return refused
+        try:
+            result = render(*args, **kwargs)
+        finally:
+            call.undo()
+        return self.finish(call, serving, args, kwargs, result)
+
+    async def render_async(self, render: Callable[..., Any], serving: Any, args: Any, kwargs: Any) -> Any:
+        call, refused = self.begin(serving, args, kwargs)
+        if refused is not None:
+            return refused
+        try:
+            result = await render(*args, **kwargs)
+        finally:
+            call.undo()
+        return self.finish(call, serving, args, kwargs, result)
+
+    def begin(self, serving: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[_Render, Any]:
+        """Before vLLM renders: on the fast path, validate the ids and hand them to vLLM's reuse branch.
+
+        Returns the call and, for bad ids, this vLLM's client error (the render is then not run).
+        """
         request = args[0] if args else kwargs["request"]
+        call = _Render(request, self.wants_verify(request))
+        if not self.uses_fast_path(request, call.verify):
+            return call, None
+        context = self.adapter.render_context(serving, args, kwargs)
+        try:
+            validate_ids(request.tokens, context)
+        except TokensRejected as exc:
+            return call, self.adapter.error_from_render(serving, str(exc), exc.param)
+        call.context = context
+        call.undo = self.adapter.offer_ids(request, request.tokens)
+        return call, None
+
+    def finish(
+        self, call: _Render, serving: Any, args: Sequence[Any], kwargs: dict[str, Any], result: Any
+    ) -> Any:
+        """Return `result` with the ids swapped, or this vLLM's client error for bad `tokens`."""
+        request = call.request
         prompts = self.adapter.engine_prompts(result)
         if prompts is None:  # vLLM already refused the rendered request: keep its answer
             return result
-        tokens: list[int] = list(request.tokens)
+        tokens: list[int] = request.tokens
         try:
             if len(prompts) != 1:
                 raise TokensRejected(f"expected one engine prompt, vLLM rendered {len(prompts)}", None)
             (prompt,) = prompts
             check_engine_prompt(prompt)
-            context = self.adapter.render_context(serving, args, kwargs)
-            validate_ids(tokens, context)
+            context = call.context
+            if context is None:
+                context = self.adapter.render_context(serving, args, kwargs)
+                validate_ids(tokens, context)
             self.adapter.check_length(serving, request, tokens, context)
         except TokensRejected as exc:
             return self.adapter.error_from_render(serving, str(exc), exc.param)
@@ -157,18 +234,16 @@ class TokensSwap:
                 raise
             return self.adapter.error_from_render(serving, str(exc), getattr(exc, "parameter", "tokens"))
 
-        rendered = list(prompt["prompt_token_ids"])
-        verification = self._verify(request, rendered, tokens)
-        request._tokens_verification = verification
-
+        rendered = prompt["prompt_token_ids"]
+        request._tokens_verification = self._verify(request, call.verify, rendered, tokens)
         prompt["prompt_token_ids"] = tokens
         for key in self.adapter.derived_prompt_keys:
             prompt.pop(key, None)
         self.adapter.after_swap(result, tokens)
         return result
 
-    def _verify(self, request: Any, rendered: list[int], tokens: list[int]) -> Verification:
-        if not self.verify:
+    def _verify(self, request: Any, verify: bool, rendered: Sequence[int], tokens: list[int]) -> Verification:
+        if not verify:
             return Verification(len(rendered), len(tokens), -1)
         index = first_difference(rendered, tokens)
         if index is not None:

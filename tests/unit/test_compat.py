@@ -63,27 +63,22 @@ def test_every_named_adapter_loads_and_is_complete() -> None:
         assert adapter.render_targets and adapter.route_hook.attribute
 
 
-def test_ci_set_covers_each_route_hook_family() -> None:
-    ci = compat.load_matrix().ci_versions
-    families = [
-        ("0.10.2", "0.14.1"),
-        ("0.15.0", "0.16.0"),
-        ("0.17.0", "0.22.1"),
-        ("0.23.0", "0.25.1"),
-        ("0.26.0", "0.28.0"),
-        ("0.29.0", "0.33.0"),
-    ]
-    for low, high in families:
-        assert any(compat._parse(low) <= compat._parse(v) <= compat._parse(high) for v in ci), (low, high)
+def test_ci_set_has_every_adapter_and_the_oldest_and_newest_release() -> None:
+    matrix = compat.load_matrix()
+    ci = [matrix.release(version) for version in matrix.ci_versions]
+    assert all(release is not None and release.supported for release in ci), matrix.ci_versions
+    assert {r.adapter for r in matrix.supported} <= {r.adapter for r in ci if r is not None}
+    by_age = sorted(matrix.supported, key=lambda r: compat._parse(r.version))
+    assert {by_age[0].version, by_age[-1].version} <= set(matrix.ci_versions)
 
 
 @pytest.mark.parametrize(
     ("version", "adapter", "tested"),
     [
-        ("0.33.0", "render_chat_request_v0_16", True),
+        ("0.33.0", "render_chat_request_v0_27", True),
         ("0.15.1", "render_chat_request_v0_15", True),
-        ("0.32.0+cpu", "render_chat_request_v0_16", True),
-        ("0.34.0", "render_chat_request_v0_16", False),
+        ("0.32.0+cpu", "render_chat_request_v0_27", True),
+        ("0.34.0", "render_chat_request_v0_27", False),
         ("0.20.3.dev12+g1234", "render_chat_request_v0_16", False),
         ("0.14.1", "preprocess_chat_v0_13", True),
         ("0.10.2", "preprocess_chat_v0_10", True),
@@ -95,3 +90,13 @@ def test_choose(version: str, adapter: str | None, tested: bool) -> None:
     choice = compat.choose(version)
     assert (choice.adapter, choice.tested) == (adapter, tested)
     assert version in choice.reason
+
+
+def test_each_rows_fast_path_is_its_adapters_capability() -> None:
+    from vllm_tokens_patch import adapters
+
+    for release in compat.load_matrix().supported:
+        assert release.adapter is not None
+        assert release.fast_path is adapters.load(release.adapter).fast_path, release.version
+    assert any(r.fast_path for r in compat.load_matrix().supported)
+    assert not all(r.fast_path for r in compat.load_matrix().supported)

@@ -56,6 +56,11 @@ FAKE = {
             async def render_chat_request(self, request):
                 return ([], [{"prompt_token_ids": [7, 7, 7], "prompt": "rendered"}])
     """,
+    "vllm/renderers/__init__.py": "",
+    "vllm/renderers/online_renderer.py": """
+        def _reused_prompt_token_ids(request):
+            return None
+    """,
     "vllm/entrypoints/openai/chat_completion/api_router.py": """
         from fastapi import FastAPI, Request
         from fastapi.responses import JSONResponse

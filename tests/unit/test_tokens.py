@@ -7,6 +7,7 @@ import pytest
 
 from vllm_tokens_patch.adapters.base import Adapter, Location, RenderContext
 from vllm_tokens_patch.tokens import (
+    CHUNK,
     TokensRejected,
     TokensSwap,
     Verification,
@@ -38,6 +39,15 @@ def test_first_difference(rendered: list[int], tokens: list[int], index: int | N
     assert first_difference(rendered, tokens) == index
 
 
+@pytest.mark.parametrize("at", [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK - 1, 5000 - 1])
+def test_first_difference_on_long_lists_at_chunk_edges(at: int) -> None:
+    rendered = list(range(5000))
+    changed = [*rendered[:at], -1, *rendered[at + 1 :]]
+    assert first_difference(rendered, changed) == at
+    assert first_difference(rendered, rendered[:at]) == at
+    assert first_difference(rendered[:at], rendered) == at
+
+
 def test_vocabulary_bound_is_the_engines() -> None:
     assert vocabulary_bound(CONTEXT) == 127
     assert vocabulary_bound(RenderContext(16, 50, Tokenizer())) == 99
@@ -49,7 +59,6 @@ def test_vocabulary_bound_is_the_engines() -> None:
     [
         ([], "at least one"),
         ([1, 128], r"tokens\[1\] is out of vocabulary"),
-        ([-1], "out of vocabulary"),
         ([1] * 16, "maximum context length"),
     ],
 )
@@ -76,9 +85,18 @@ def test_engine_prompts_tied_to_media_are_refused(prompt: dict[str, Any]) -> Non
 
 
 class Request:
-    def __init__(self, tokens: list[int], max_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        tokens: list[int],
+        max_tokens: int | None = None,
+        verify: bool | None = None,
+        echo: bool = False,
+    ) -> None:
         self.tokens = tokens
         self.max_tokens = max_tokens
+        self.vllm_tokens_patch_verify = verify
+        self.echo = echo
+        self.kv_transfer_params: dict[str, Any] | None = None
         self.request_id = "req-1"
         self._tokens_verification: Verification | None = None
 
@@ -117,13 +135,50 @@ def rendered_result(ids: list[int]) -> tuple[list[Any], list[dict[str, Any]]]:
     )
 
 
-def swap(verify: bool = True) -> TokensSwap:
-    return TokensSwap(FakeAdapter(), lambda request: True, verify=verify)
+class FastAdapter(FakeAdapter):
+    """An adapter with a native reuse branch: records what it was offered and whether it was undone."""
+
+    name = "fast"
+    native_reuse = Location("fake", "reuse")
+
+    def __init__(self) -> None:
+        self.offered: list[list[int]] = []
+        self.undone = 0
+
+    def offer_ids(self, request: Any, tokens: list[int]) -> Any:
+        self.offered.append(tokens)
+
+        def undo() -> None:
+            self.undone += 1
+
+        return undo
+
+
+def swap(verify: bool = True, adapter: Adapter | None = None) -> TokensSwap:
+    return TokensSwap(adapter or FakeAdapter(), lambda request: True, verify=verify)
+
+
+class Render:
+    """Stands in for vLLM's render method: counts calls, returns a given result (or raises)."""
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        self.calls = 0
+
+    def __call__(self, request: Any) -> Any:
+        self.calls += 1
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+
+def render_with(swapper: TokensSwap, request: Request, result: Any) -> Any:
+    return swapper.render_sync(Render(result), Serving(), (request,), {})
 
 
 def test_swap_feeds_tokens_and_drops_what_described_the_rendered_ids() -> None:
     request = Request([5, 6, 7])
-    result = swap().apply(Serving(), (request,), {}, rendered_result([5, 6, 8]))
+    result = render_with(swap(), request, rendered_result([5, 6, 8]))
     prompt = result[1][0]
     assert prompt == {"type": "token", "prompt_token_ids": [5, 6, 7], "cache_salt": "s"}
     assert request._tokens_verification == Verification(3, 3, 2)
@@ -132,9 +187,9 @@ def test_swap_feeds_tokens_and_drops_what_described_the_rendered_ids() -> None:
 
 def test_mismatch_logs_one_warning_and_match_none(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="vllm.tokens_patch"):
-        swap().apply(Serving(), (Request([5, 6, 7]),), {}, rendered_result([5, 6, 7]))
+        render_with(swap(), Request([5, 6, 7]), rendered_result([5, 6, 7]))
         assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
-        swap().apply(Serving(), (Request([5, 6, 7]),), {}, rendered_result([5, 6]))
+        render_with(swap(), Request([5, 6, 7]), rendered_result([5, 6]))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert (
@@ -146,7 +201,7 @@ def test_mismatch_logs_one_warning_and_match_none(caplog: pytest.LogCaptureFixtu
 
 def test_verify_off_skips_the_comparison() -> None:
     request = Request([5, 6, 7])
-    swap(verify=False).apply(Serving(), (request,), {}, rendered_result([1]))
+    render_with(swap(verify=False), request, rendered_result([1]))
     assert request._tokens_verification.header_value() == "skipped"
 
 
@@ -160,11 +215,77 @@ def test_verify_off_skips_the_comparison() -> None:
 )
 def test_bad_tokens_return_the_render_error_and_leave_the_prompt(request_obj: Request, fragment: str) -> None:
     result = rendered_result([1, 2])
-    answer = swap().apply(Serving(), (request_obj,), {}, result)
+    answer = render_with(swap(), request_obj, result)
     assert fragment in answer["error"]
     assert result[1][0]["prompt_token_ids"] == [1, 2]
 
 
 def test_vllm_errors_pass_through_untouched() -> None:
     error = {"error": "vLLM said no"}
-    assert swap().apply(Serving(), (Request([1]),), {}, error) is error
+    assert render_with(swap(), Request([1]), error) is error
+
+
+@pytest.mark.parametrize(
+    ("server", "request_switch", "compared"),
+    [(True, None, True), (False, None, False), (True, False, False), (False, True, True)],
+)
+def test_the_request_switch_overrides_the_server_default(
+    server: bool, request_switch: bool | None, compared: bool
+) -> None:
+    request = Request([5, 6, 7], verify=request_switch)
+    render_with(swap(verify=server), request, rendered_result([5, 6, 8]))
+    assert request._tokens_verification.compared is compared
+
+
+def test_fast_path_offers_the_ids_renders_once_and_undoes() -> None:
+    adapter = FastAdapter()
+    request = Request([5, 6, 7], verify=False)
+    render = Render(rendered_result([5, 6, 7]))
+    result = swap(adapter=adapter).render_sync(render, Serving(), (request,), {})
+    assert adapter.offered == [[5, 6, 7]] and adapter.undone == 1 and render.calls == 1
+    assert result[1][0]["prompt_token_ids"] == [5, 6, 7] and "prompt" not in result[1][0]
+    assert request._tokens_verification.header_value() == "skipped"
+
+
+def test_fast_path_undoes_when_vllm_raises() -> None:
+    adapter = FastAdapter()
+    with pytest.raises(RuntimeError):
+        swap(adapter=adapter).render_sync(
+            Render(RuntimeError("boom")), Serving(), (Request([5], verify=False),), {}
+        )
+    assert adapter.undone == 1
+
+
+@pytest.mark.parametrize(
+    ("request_obj", "fragment"),
+    [
+        (Request([1, 500], verify=False), "out of vocabulary"),
+        (Request([1] * 20, verify=False), "maximum context"),
+    ],
+)
+def test_fast_path_refuses_bad_ids_before_vllm_renders(request_obj: Request, fragment: str) -> None:
+    adapter = FastAdapter()
+    render = Render(rendered_result([1]))
+    answer = swap(adapter=adapter).render_sync(render, Serving(), (request_obj,), {})
+    assert fragment in answer["error"] and answer["param"] == "tokens"
+    assert render.calls == 0 and adapter.offered == []
+
+
+def test_fast_path_still_runs_the_release_length_check() -> None:
+    adapter = FastAdapter()
+    answer = render_with(
+        swap(adapter=adapter), Request([1, 2], max_tokens=15, verify=False), rendered_result([1, 2])
+    )
+    assert "too large" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    ("adapter", "request_obj"),
+    [
+        (FastAdapter(), Request([5], verify=True)),  # verification asked for: render to compare
+        (FastAdapter(), Request([5], verify=False, echo=True)),  # echo needs the rendered conversation
+        (FakeAdapter(), Request([5], verify=False)),  # this vLLM has no native branch
+    ],
+)
+def test_no_fast_path_without_its_conditions(adapter: Adapter, request_obj: Request) -> None:
+    assert not swap(adapter=adapter).uses_fast_path(request_obj, swap().wants_verify(request_obj))

@@ -45,6 +45,22 @@ def post(run: Any, app: VllmApp, path: str, payload: dict[str, Any], **kwargs: A
     return run(app.client.post(path, json=payload, **kwargs))
 
 
+MODES = {"default": {}, "fast": {"vllm_tokens_patch_verify": False}}
+"""Every parity test runs in both modes: compared with the render (default) and the fast path (no
+comparison; vLLM skips the render where this release has a native branch, see `test_fast_path_*`)."""
+
+
+@pytest.fixture(params=sorted(MODES))
+def mode(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return dict(MODES[request.param])
+
+
+def matrix_row() -> compat.Release:
+    release = compat.load_matrix().release(vllm.__version__)
+    assert release is not None, vllm.__version__
+    return release
+
+
 def drifted(ids: list[int]) -> list[int]:
     """Same length, different last id: what an RL client sends when the re-rendered history drifted."""
     return [*ids[:-1], ids[-1] - 1 if ids[-1] > 0 else 1]
@@ -159,11 +175,13 @@ def test_mismatch_header_on_streams_too(run: Any, served: VllmApp) -> None:
 
 
 @pytest.mark.parametrize("return_token_ids", [False, True])
-def test_stream_chunks_equal_the_stock_route(run: Any, served: VllmApp, return_token_ids: bool) -> None:
+def test_stream_chunks_equal_the_stock_route(
+    run: Any, served: VllmApp, return_token_ids: bool, mode: dict[str, Any]
+) -> None:
     served.engine.script = Script(text="The quick brown fox jumps")
     extra = {"stream": True, "stream_options": {"include_usage": True}, "return_token_ids": return_token_ids}
     stock = post(run, served, STOCK, body(served, **extra))
-    ours = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES), **extra))
+    ours = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES), **extra, **mode))
     served.engine.script = Script(text="Hello there")
     assert stock.status_code == ours.status_code == 200
     stock_events, our_events = parse_sse(stock.text), parse_sse(ours.text)
@@ -171,21 +189,24 @@ def test_stream_chunks_equal_the_stock_route(run: Any, served: VllmApp, return_t
     assert normalize(our_events) == normalize(stock_events)
 
 
-def test_json_response_equals_the_stock_route(run: Any, served: VllmApp) -> None:
+def test_json_response_equals_the_stock_route(run: Any, served: VllmApp, mode: dict[str, Any]) -> None:
     stock = post(run, served, STOCK, body(served, return_token_ids=True, logprobs=False))
-    ours = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES), return_token_ids=True))
+    tokens = served.chat_ids(MESSAGES)
+    ours = post(run, served, ROUTE, body(served, tokens=tokens, return_token_ids=True, **mode))
     assert stock.status_code == ours.status_code == 200
     assert normalize(ours.json()) == normalize(stock.json())
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_tool_calls_are_parsed_on_the_token_route(run: Any, served: VllmApp, stream: bool) -> None:
+def test_tool_calls_are_parsed_on_the_token_route(
+    run: Any, served: VllmApp, stream: bool, mode: dict[str, Any]
+) -> None:
     served.engine.script = Script(
         text='<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
     )
     extra = {"tools": TOOLS, "tool_choice": "auto", "stream": stream}
     stock = post(run, served, STOCK, body(served, **extra))
-    ours = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES), **extra))
+    ours = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES), **extra, **mode))
     served.engine.script = Script(text="Hello there")
     assert stock.status_code == ours.status_code == 200, ours.text
     if stream:
@@ -205,10 +226,13 @@ def test_tool_calls_are_parsed_on_the_token_route(run: Any, served: VllmApp, str
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_reasoning_is_parsed_on_the_token_route(run: Any, reasoning: VllmApp, stream: bool) -> None:
+def test_reasoning_is_parsed_on_the_token_route(
+    run: Any, reasoning: VllmApp, stream: bool, mode: dict[str, Any]
+) -> None:
     reasoning.engine.script = Script(text="<think>because it is</think>The answer")
     stock = post(run, reasoning, STOCK, body(reasoning, stream=stream))
-    ours = post(run, reasoning, ROUTE, body(reasoning, tokens=reasoning.chat_ids(MESSAGES), stream=stream))
+    tokens = reasoning.chat_ids(MESSAGES)
+    ours = post(run, reasoning, ROUTE, body(reasoning, tokens=tokens, stream=stream, **mode))
     assert stock.status_code == ours.status_code == 200, ours.text
     if stream:
         deltas = [c["delta"] for e in parse_sse(ours.text) if e != "[DONE]" for c in e["choices"]]
@@ -256,10 +280,10 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_is_a_4xx_json_error_before_any_stream(
-    run: Any, served: VllmApp, case: str, stream: bool
+    run: Any, served: VllmApp, case: str, stream: bool, mode: dict[str, Any]
 ) -> None:
     seen = len(served.engine.prompts)
-    payload = body(served, stream=stream, **BAD_INPUTS[case])
+    payload = body(served, stream=stream, **BAD_INPUTS[case], **mode)
     response = post(run, served, ROUTE, payload)
     assert 400 <= response.status_code < 500, (response.status_code, response.text)
     assert response.headers["content-type"].startswith("application/json"), response.headers
@@ -271,8 +295,8 @@ def test_bad_input_is_a_4xx_json_error_before_any_stream(
     assert healthy.status_code == 200, healthy.text
 
 
-def test_too_long_says_maximum_context_length(run: Any, served: VllmApp) -> None:
-    response = post(run, served, ROUTE, body(served, tokens=[1] * (MAX_MODEL_LEN + 1), stream=True))
+def test_too_long_says_maximum_context_length(run: Any, served: VllmApp, mode: dict[str, Any]) -> None:
+    response = post(run, served, ROUTE, body(served, tokens=[1] * (MAX_MODEL_LEN + 1), stream=True, **mode))
     assert response.status_code == 400
     assert "maximum context length" in response.text
 
@@ -283,7 +307,7 @@ LONG_MESSAGES = [{"role": "user", "content": "The quick brown fox jumps over the
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("overflow", [-5, 1, 40])
 def test_prompt_plus_max_tokens_behaves_as_the_stock_route(
-    run: Any, served: VllmApp, stream: bool, overflow: int
+    run: Any, served: VllmApp, stream: bool, overflow: int, mode: dict[str, Any]
 ) -> None:
     """Short `messages` + long `tokens` vs the stock route on long messages rendering to those tokens:
     only the plugin's own length check can make the two agree."""
@@ -301,7 +325,7 @@ def test_prompt_plus_max_tokens_behaves_as_the_stock_route(
     if stream:
         extra["stream_options"] = {"include_usage": True}
     stock = post(run, served, STOCK, body(served, LONG_MESSAGES, return_token_ids=True, **extra))
-    ours = post(run, served, ROUTE, body(served, tokens=long_ids, return_token_ids=True, **extra))
+    ours = post(run, served, ROUTE, body(served, tokens=long_ids, return_token_ids=True, **extra, **mode))
     served.engine.script = Script(text="Hello there")
     assert ours.status_code == stock.status_code, (stock.text[:300], ours.text[:300])
     if stock.status_code != 200:
@@ -316,6 +340,91 @@ def test_prompt_plus_max_tokens_behaves_as_the_stock_route(
         assert ours.json()["prompt_token_ids"] == long_ids
         assert ours.json()["usage"] == stock.json()["usage"]
         assert ours.json()["choices"][0]["finish_reason"] == stock.json()["choices"][0]["finish_reason"]
+
+
+# --- the fast path (`vllm_tokens_patch_verify: false`) --------------------------------------------------
+
+
+def test_fast_path_feeds_tokens_says_skipped_and_logs_nothing(
+    run: Any, served: VllmApp, plugin_logs: Records
+) -> None:
+    tokens = drifted(served.chat_ids(MESSAGES))
+    payload = body(served, tokens=tokens, return_token_ids=True, **MODES["fast"])
+    response = post(run, served, ROUTE, payload)
+    assert response.status_code == 200, response.text
+    assert served.engine.prompts[-1]["prompt_token_ids"] == tokens
+    assert response.json()["prompt_token_ids"] == tokens
+    assert response.headers["x-vllm-tokens-verification"] == "skipped"
+    assert "x-vllm-tokens-first-mismatch" not in response.headers
+    assert plugin_logs.messages(logging.WARNING) == []
+
+
+def test_fast_path_is_where_the_matrix_says() -> None:
+    adapter = plugin._state.adapter
+    assert adapter is not None
+    assert adapter.fast_path is matrix_row().fast_path
+
+
+def test_fast_path_skips_the_render_where_the_matrix_says(run: Any, served: VllmApp) -> None:
+    """`messages` that render past `max_model_len` with short `tokens`: vLLM refuses them when it renders
+    (default mode, and releases without a fast path); the fast path never renders them."""
+    too_long = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 40}]
+    assert len(served.chat_ids(too_long)) > MAX_MODEL_LEN
+    tokens = served.chat_ids(MESSAGES)
+    rendered = post(run, served, ROUTE, body(served, too_long, tokens=tokens))
+    assert rendered.status_code == 400, rendered.text
+    fast = post(run, served, ROUTE, body(served, too_long, tokens=tokens, **MODES["fast"]))
+    if matrix_row().fast_path:
+        assert fast.status_code == 200, fast.text
+        assert served.engine.prompts[-1]["prompt_token_ids"] == tokens
+        assert fast.headers["x-vllm-tokens-verification"] == "skipped"
+    else:
+        assert (fast.status_code, fast.json()) == (rendered.status_code, rendered.json())
+
+
+def test_the_switch_is_strictly_a_boolean(run: Any, served: VllmApp) -> None:
+    tokens = served.chat_ids(MESSAGES)
+    response = post(run, served, ROUTE, body(served, tokens=tokens, vllm_tokens_patch_verify="no"))
+    assert response.status_code == 400, response.text
+
+
+def test_echo_works_on_both_modes(run: Any, served: VllmApp, mode: dict[str, Any]) -> None:
+    """`echo` echoes the rendered conversation, so an `echo` request is rendered even on the fast path."""
+    messages = [*MESSAGES, {"role": "assistant", "content": "Once upon a time"}]
+    extra = {"echo": True, "add_generation_prompt": False, "continue_final_message": True}
+    stock = post(run, served, STOCK, body(served, messages, **extra))
+    tokens = served.tokenizer.encode(
+        served.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=False, continue_final_message=True
+        ),
+        add_special_tokens=False,
+    )
+    ours = post(run, served, ROUTE, body(served, messages, tokens=tokens, **extra, **mode))
+    assert stock.status_code == ours.status_code == 200, ours.text
+    assert ours.json()["choices"][0]["message"]["content"].startswith("Once upon a time")
+    assert normalize(ours.json()) == normalize(stock.json())
+    assert served.engine.prompts[-1]["prompt_token_ids"] == tokens
+
+
+def test_sampling_params_equal_the_stock_route(run: Any, served: VllmApp, mode: dict[str, Any]) -> None:
+    """Structured outputs, tools and the rest reach the engine as on the stock route (and nothing of the
+    fast path's hand-off to vLLM, e.g. in `kv_transfer_params`, leaks into them)."""
+    extra = {"response_format": {"type": "json_object"}, "tools": TOOLS, "max_tokens": 7, "seed": 3}
+    post(run, served, STOCK, body(served, **extra))
+    stock = served.engine.sampling_params[-1]
+    response = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES), **extra, **mode))
+    assert response.status_code == 200, response.text
+    assert repr(served.engine.sampling_params[-1]) == repr(stock)
+
+
+def test_response_role_follows_the_request(run: Any, served: VllmApp, mode: dict[str, Any]) -> None:
+    messages = [*MESSAGES, {"role": "assistant", "content": "Once upon"}]
+    extra = {"add_generation_prompt": False, "continue_final_message": True, "stream": True}
+    stock = post(run, served, STOCK, body(served, messages, **extra))
+    ours = post(run, served, ROUTE, body(served, messages, tokens=served.chat_ids(MESSAGES), **extra, **mode))
+    assert stock.status_code == ours.status_code == 200, ours.text
+    assert normalize(parse_sse(ours.text)) == normalize(parse_sse(stock.text))
+    assert parse_sse(ours.text)[0]["choices"][0]["delta"]["role"] == "assistant"
 
 
 def test_api_key_is_required(run: Any, served: VllmApp) -> None:
@@ -410,6 +519,26 @@ def test_fail_safe_when_the_render_function_is_unfindable(
         vllm_tokens_patch.register()
         with pytest.raises(plugin.PatchError, match=r"OpenAIServingChat\.gone"):
             build()
+    finally:
+        vllm_tokens_patch.unpatch()
+        monkeypatch.undo()
+        vllm_tokens_patch.register()
+
+
+def test_server_wide_verify_off_takes_the_fast_path(run: Any, build: Any, monkeypatch: Any) -> None:
+    """`VLLM_TOKENS_PATCH_VERIFY=off` for the whole server; a request can still ask for the comparison."""
+    vllm_tokens_patch.unpatch()
+    monkeypatch.setenv("VLLM_TOKENS_PATCH_VERIFY", "off")
+    try:
+        vllm_tokens_patch.register()
+        app = build()
+        tokens = drifted(app.chat_ids(MESSAGES))
+        off = post(run, app, ROUTE, body(app, tokens=tokens))
+        asked = post(run, app, ROUTE, body(app, tokens=tokens, vllm_tokens_patch_verify=True))
+        assert (off.status_code, asked.status_code) == (200, 200), (off.text, asked.text)
+        assert off.headers["x-vllm-tokens-verification"] == "skipped"
+        assert asked.headers["x-vllm-tokens-verification"] == "mismatch"
+        assert app.engine.prompts[-1]["prompt_token_ids"] == tokens
     finally:
         vllm_tokens_patch.unpatch()
         monkeypatch.undo()

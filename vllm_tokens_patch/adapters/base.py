@@ -94,12 +94,23 @@ class Adapter:
     """vLLM's `ChatCompletionRequest`, which the token-in request model extends."""
     render_targets: ClassVar[tuple[RenderTarget, ...]]
     """The render methods to wrap."""
+    native_reuse: ClassVar[Location | None] = None
+    """vLLM's own branch that feeds given ids without rendering `messages` (the fast path), if any."""
     derived_prompt_keys: ClassVar[tuple[str, ...]] = (
         "prompt",
         "prompt_token_offsets",
         "assistant_tokens_mask",
     )
     """Engine-prompt keys computed from the rendered ids that would lie once the ids are swapped."""
+
+    @property
+    def fast_path(self) -> bool:
+        """Whether a request without verification can skip vLLM's chat-template render and tokenization."""
+        return self.native_reuse is not None
+
+    def offer_ids(self, request: Any, tokens: list[int]) -> Callable[[], None]:
+        """Hand `tokens` to `native_reuse` for this render call; return what undoes it afterwards."""
+        raise NotImplementedError(f"adapter {self.name} has no fast path")
 
     # --- shapes -------------------------------------------------------------------------------------
 
@@ -153,6 +164,8 @@ class Adapter:
             "json_validator": self.json_validator.resolve(),
             "request_base": self.request_base.resolve(),
         }
+        if self.native_reuse is not None:
+            found["native_reuse"] = self.native_reuse.resolve()
         for target in self.render_targets:
             method = target.location.resolve()
             if not callable(method):

@@ -1,5 +1,5 @@
-"""vLLM 0.16.0 - 0.33.0: as 0.15, but the rendered-prompt length check moved to the request's
-`TokenizeParams` (`build_tok_params(...).apply_post_tokenization`). Module moves in 0.16-0.33
+"""vLLM 0.16.0 - 0.26.0: as 0.15, but the rendered-prompt length check moved to the request's
+`TokenizeParams` (`build_tok_params(...).apply_post_tokenization`). Module moves in 0.16-0.26
 (`api_server`, `generate`, `serve`, `launchers`) do not touch the chat package this adapter reads."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ class RenderChatRequestV016(RenderChatRequestV015):
 
     def check_length(self, serving: Any, request: Any, tokens: list[int], context: RenderContext) -> None:
         tok_params = request.build_tok_params(serving.model_config)
-        checked = tok_params.apply_post_tokenization(context.tokenizer, {"prompt_token_ids": list(tokens)})
-        if list(checked["prompt_token_ids"]) != list(tokens):
+        checked = tok_params.apply_post_tokenization(context.tokenizer, {"prompt_token_ids": tokens})
+        ids = checked["prompt_token_ids"]
+        if ids is not tokens and ids != tokens:  # vLLM hands the same list back when it changes nothing
             raise ValueError("vLLM would modify `tokens` (truncation or padding); send the exact ids instead")
 
 
