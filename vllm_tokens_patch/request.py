@@ -10,14 +10,25 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, PrivateAttr, StrictBool, StrictInt
+from pydantic import AfterValidator, Field, PrivateAttr, StrictBool, StrictInt
+
+
+def _non_negative(ids: list[int]) -> list[int]:
+    """One C-speed `min` instead of a per-item `ge=0` constraint (half the validation cost at 16k ids)."""
+    if min(ids) < 0:
+        index = next(i for i, token_id in enumerate(ids) if token_id < 0)
+        raise ValueError(f"tokens[{index}] = {ids[index]} is negative; token ids are non-negative")
+    return ids
+
 
 TokenIds = Annotated[
-    list[Annotated[StrictInt, Field(ge=0)]],
+    list[StrictInt],
     Field(
         min_length=1,
         description="The exact prompt token ids the engine is fed instead of the rendered `messages`.",
+        json_schema_extra={"items": {"type": "integer", "minimum": 0}},
     ),
+    AfterValidator(_non_negative),
 ]
 """Non-empty list of non-negative ints; bools, floats and strings are refused (strict ints)."""
 

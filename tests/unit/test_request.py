@@ -79,3 +79,15 @@ def test_text_parts_and_plain_kv_params_are_fine() -> None:
     parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"text": "b"}]}]
     request = Model(messages=parts, tokens=[1], kv_transfer_params={"do_remote_prefill": False})
     assert refusal_reason(request) is None
+
+
+def test_a_negative_id_is_named_by_its_position() -> None:
+    with pytest.raises(ValidationError, match=r"tokens\[2\] = -7 is negative"):
+        Model(messages=TEXT, tokens=[4, 0, -7, 5])
+
+
+@pytest.mark.parametrize("switch", ["no", 0, "false", 1.0])
+def test_the_verify_switch_is_a_strict_boolean(switch: Any) -> None:
+    with pytest.raises(ValidationError):
+        Model(messages=TEXT, tokens=[1], vllm_tokens_patch_verify=switch)
+    assert Model(messages=TEXT, tokens=[1], vllm_tokens_patch_verify=False).vllm_tokens_patch_verify is False
