@@ -67,6 +67,29 @@ def test_ids_agree_everywhere_and_completions_match(server: VllmServer, model: P
     assert ours.choices[0].message.content == stock.choices[0].message.content
 
 
+def test_fast_path_feeds_the_same_ids_and_samples_the_same(server: VllmServer, model: Path) -> None:
+    """A real engine: the fast path (no render where this vLLM has the native branch) samples exactly what
+    the default mode samples for the same ids, and says `skipped`."""
+    tokens = post(
+        f"{server.url}/tokenize", json={"model": str(model), "messages": MESSAGES}, headers=AUTH
+    ).json()["tokens"]
+    params = {"model": str(model), "messages": MESSAGES, "temperature": 0, "max_tokens": 16}
+    answers = {}
+    for mode, switch in (("default", {}), ("fast", {"vllm_tokens_patch_verify": False})):
+        response = post(
+            f"{server.url}/v1/chat/completions/tokens",
+            json={**params, "tokens": tokens, "return_token_ids": True, **switch},
+            headers=AUTH,
+        )
+        assert response.status_code == 200, response.text
+        answers[mode] = (response.json(), response.headers["x-vllm-tokens-verification"])
+    (default, default_header), (fast, fast_header) = answers["default"], answers["fast"]
+    assert (default_header, fast_header) == ("match", "skipped")
+    assert fast["prompt_token_ids"] == default["prompt_token_ids"] == tokens
+    assert fast["choices"][0]["token_ids"] == default["choices"][0]["token_ids"]
+    assert fast["choices"][0]["message"] == default["choices"][0]["message"]
+
+
 def test_four_turn_rollout_feeds_exact_history_while_stock_drifts(server: VllmServer, model: Path) -> None:
     client = TokenChatClient(f"{server.url}/v1", str(model), api_key=API_KEY)
     try:
