@@ -2,6 +2,7 @@
 
 nox -s unit                 version-free logic, no vLLM installed (seconds)
 nox -s lint                 ruff
+nox -s typecheck            mypy --strict on the package
 nox -s vllm-0.33.0          the behaviour suite on vLLM 0.33.0's real app with a fake engine
 nox -t ci                   what .ci/run runs: unit, lint and the representative vllm-<X> set
 nox -t matrix               every supported release (heavy: ~4 GB per torch version, see README)
@@ -59,6 +60,13 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
     # The README table must be what compat_matrix.yaml says (`nox -s matrix-table` regenerates it).
     session.run("python", "tools/matrix_tools.py", "check-table")
+
+
+@nox.session(tags=["ci"])
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package (it ships `py.typed`), against the libraries it imports."""
+    session.install("mypy", "types-PyYAML", "wrapt>=2", "packaging", "fastapi", "pydantic>=2", "httpx")
+    session.run("mypy", "--strict", "vllm_tokens_patch")
 
 
 def _vllm_env(session: nox.Session) -> None:

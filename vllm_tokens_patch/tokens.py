@@ -9,7 +9,7 @@ client's ids, and every refusal here is a real HTTP 4xx.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,7 +112,7 @@ def validate_ids(tokens: Sequence[int], context: RenderContext) -> None:
         )
 
 
-def check_engine_prompt(prompt: dict[str, Any]) -> None:
+def check_engine_prompt(prompt: Mapping[str, Any]) -> None:
     """Refuse engine inputs whose ids are bound to media, embeddings or an encoder prompt."""
     kind = prompt.get("type", "token")
     if kind not in TOKEN_KINDS or any(key in prompt for key in MEDIA_KEYS):
