@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import wrapt
 
 from vllm_tokens_patch import compat, settings
-from vllm_tokens_patch.adapters import Adapter, AdapterMismatch, load
+from vllm_tokens_patch.adapters import Adapter, AdapterMismatch, RenderTarget, load
 from vllm_tokens_patch.tokens import TokensSwap
 
 logger = logging.getLogger("vllm.tokens_patch")
@@ -231,19 +231,19 @@ def _patch_render(adapter: Adapter, current: settings.Settings) -> None:
         original = getattr(owner, attribute) if inherited else vars(owner)[attribute]
         if isinstance(original, PatchWrapper):
             continue
-        setattr(owner, attribute, PatchWrapper(original, _render_wrapper(swap, target.is_async)))
+        setattr(owner, attribute, PatchWrapper(original, _render_wrapper(swap, target)))
         _state.patches.append(_Patch(owner, attribute, original, inherited))
 
 
-def _render_wrapper(swap: TokensSwap, is_async: bool) -> Any:
+def _render_wrapper(swap: TokensSwap, target: RenderTarget) -> Any:
     """Pass other requests straight through (same coroutine, no extra frame); swap ours."""
-    render = swap.render_async if is_async else swap.render_sync
+    render = swap.render_async if target.is_async else swap.render_sync
 
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         request = args[0] if args else kwargs.get("request")
         if not swap.is_tokens_request(request):
             return wrapped(*args, **kwargs)
-        return render(wrapped, instance, args, kwargs)
+        return render(wrapped, instance, target, args, kwargs)
 
     return wrapper
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, Field, PrivateAttr, StrictBool, StrictInt
+from pydantic import AfterValidator, Field, PrivateAttr, StrictBool, StrictInt, model_validator
 
 
 def _non_negative(ids: list[int]) -> list[int]:
@@ -31,6 +31,24 @@ TokenIds = Annotated[
     AfterValidator(_non_negative),
 ]
 """Non-empty list of non-negative ints; bools, floats and strings are refused (strict ints)."""
+
+PrefixIds = Annotated[
+    TokenIds,
+    Field(
+        description="The ids the engine saw and sampled so far (the previous response's `prompt_token_ids` + "
+        "`token_ids`); the server adds the new messages with the model's chat template.",
+    ),
+]
+
+
+def _exactly_one_id_list(request: Any) -> Any:
+    """`tokens` (the whole prompt) or `prefix_tokens` (the server splices the new turn): exactly one."""
+    if (request.tokens is None) == (request.prefix_tokens is None):
+        raise ValueError(
+            "give exactly one of `tokens` (the whole prompt) and `prefix_tokens` (the ids so far)"
+        )
+    return request
+
 
 VERIFY_FIELD = "vllm_tokens_patch_verify"
 """The per-request verification switch (prefixed with the package name so no vLLM field can collide)."""
@@ -56,13 +74,18 @@ def build_request_model(base: type[Any]) -> type[Any]:
         "__qualname__": "TokensChatCompletionRequest",
         "__doc__": "vLLM's ChatCompletionRequest plus `tokens`, the exact prompt ids.",
         "__annotations__": {
-            "tokens": TokenIds,
+            "tokens": TokenIds | None,
+            "prefix_tokens": PrefixIds | None,
             VERIFY_FIELD: VerifySwitch,
             "field_names": ClassVar[set[str] | None],
         },
+        "tokens": None,
+        "prefix_tokens": None,
         VERIFY_FIELD: None,
         "field_names": None,
         "_tokens_verification": PrivateAttr(default=None),
+        "_tokens_splice": PrivateAttr(default=None),
+        "_exactly_one_id_list": model_validator(mode="after")(_exactly_one_id_list),
         "__vllm_tokens_patch__": True,
     }
     metaclass: Any = type(base)  # pydantic's model metaclass: builds the fields from the annotations

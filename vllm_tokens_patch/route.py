@@ -24,6 +24,8 @@ VERIFICATION_HEADER = "x-vllm-tokens-verification"
 """`match`, `mismatch` or `skipped` (`VLLM_TOKENS_PATCH_VERIFY=off`): `tokens` vs the rendered ids."""
 FIRST_MISMATCH_HEADER = "x-vllm-tokens-first-mismatch"
 """On `mismatch`: the first index at which `tokens` differ from the rendered ids."""
+SPLICE_HEADER = "x-vllm-tokens-splice"
+"""On `prefix_tokens` requests: `prefix=N; bridge=M; close=sampled|added|none` (see splice.Splice)."""
 
 Endpoint = Callable[..., Awaitable[Any]]
 ErrorMaker = Callable[[Any, str, str, int, "str | None"], Any]
@@ -78,6 +80,8 @@ def build_tokens_endpoint(chat_route: Endpoint, request_model: type[Any], make_e
             )
         response = as_response(await chat_route(request, raw_request))
         set_verification_headers(response, request._tokens_verification)
+        if request._tokens_splice is not None and isinstance(response, Response):
+            response.headers[SPLICE_HEADER] = request._tokens_splice.header_value()
         return response
 
     create_tokens_chat_completion.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

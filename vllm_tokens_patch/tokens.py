@@ -9,11 +9,12 @@ client's ids, and every refusal here is a real HTTP 4xx.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vllm_tokens_patch.adapters.base import Adapter, RenderContext
+from vllm_tokens_patch import splice
+from vllm_tokens_patch.adapters.base import Adapter, RenderContext, RenderTarget
 
 logger = logging.getLogger("vllm.tokens_patch")
 
@@ -142,9 +143,11 @@ def _nothing() -> None:
 
 @dataclass
 class _Render:
-    """One render call of a token request, between `TokensSwap.begin` and `TokensSwap.finish`."""
+    """One render call of a token request, from `TokensSwap.begin` to `TokensSwap.finish`."""
 
     request: Any
+    tokens: list[int]
+    """What the engine is fed: `tokens`, or `prefix_tokens` + the bridge."""
     verify: bool
     context: RenderContext | None = None
     """Set when the ids were validated before rendering (the fast path)."""
@@ -169,8 +172,22 @@ class TokensSwap:
         (which echoes the rendered conversation, so it is rendered as on the stock route)."""
         return not verify and self.adapter.fast_path and not getattr(request, "echo", False)
 
-    def render_sync(self, render: Callable[..., Any], serving: Any, args: Any, kwargs: Any) -> Any:
-        call, refused = self.begin(serving, args, kwargs)
+    def render_sync(
+        self, render: Callable[..., Any], serving: Any, target: RenderTarget, args: Any, kwargs: Any
+    ) -> Any:
+        request = args[0] if args else kwargs["request"]
+        steps = self._splice_plan(request)
+        step = _advance(steps.send, None)
+        while isinstance(step, splice.RenderAsk):
+            call_args, call_kwargs = self._stand_in(target, args, kwargs, step)
+            try:
+                rendered = render(*call_args, **call_kwargs)
+            except Exception as exc:  # a template that refuses the stand-in conversation
+                rendered = exc
+            step = self._answer(steps, rendered)
+        if isinstance(step, splice.SpliceError):
+            return self.adapter.error_from_render(serving, str(step), step.param)
+        call, refused = self.begin(serving, request, self._spliced(request, step.value), args, kwargs)
         if refused is not None:
             return refused
         try:
@@ -179,8 +196,22 @@ class TokensSwap:
             call.undo()
         return self.finish(call, serving, args, kwargs, result)
 
-    async def render_async(self, render: Callable[..., Any], serving: Any, args: Any, kwargs: Any) -> Any:
-        call, refused = self.begin(serving, args, kwargs)
+    async def render_async(
+        self, render: Callable[..., Any], serving: Any, target: RenderTarget, args: Any, kwargs: Any
+    ) -> Any:
+        request = args[0] if args else kwargs["request"]
+        steps = self._splice_plan(request)
+        step = _advance(steps.send, None)
+        while isinstance(step, splice.RenderAsk):
+            call_args, call_kwargs = self._stand_in(target, args, kwargs, step)
+            try:
+                rendered = await render(*call_args, **call_kwargs)
+            except Exception as exc:  # a template that refuses the stand-in conversation
+                rendered = exc
+            step = self._answer(steps, rendered)
+        if isinstance(step, splice.SpliceError):
+            return self.adapter.error_from_render(serving, str(step), step.param)
+        call, refused = self.begin(serving, request, self._spliced(request, step.value), args, kwargs)
         if refused is not None:
             return refused
         try:
@@ -189,33 +220,72 @@ class TokensSwap:
             call.undo()
         return self.finish(call, serving, args, kwargs, result)
 
-    def begin(self, serving: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[_Render, Any]:
+    # --- splicing: `prefix_tokens` + the bridge ----------------------------------------------------
+
+    @staticmethod
+    def _splice_plan(request: Any) -> _Steps:
+        """The splice steps of a `prefix_tokens` request; for `tokens`, steps that ask for nothing."""
+        prefix = getattr(request, "prefix_tokens", None)
+        if prefix is None:
+            return _no_splice(request.tokens)
+        return splice.plan(
+            request.messages,
+            prefix,
+            add_generation_prompt=bool(request.add_generation_prompt),
+            continue_final_message=bool(request.continue_final_message),
+        )
+
+    @staticmethod
+    def _spliced(request: Any, result: splice.Splice | list[int]) -> list[int]:
+        if isinstance(result, list):  # a `tokens` request
+            return result
+        request._tokens_splice = result
+        return [*request.prefix_tokens, *result.bridge]
+
+    def _stand_in(
+        self, target: RenderTarget, args: Any, kwargs: Any, ask: splice.RenderAsk
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return self.adapter.stand_in_call(target, args, kwargs, ask.messages, ask.add_generation_prompt)
+
+    def _answer(self, steps: _Steps, rendered: Any) -> _Step:
+        """Send the stand-in's ids into the splice steps, or throw vLLM's refusal into them."""
+        ids = None if isinstance(rendered, BaseException) else self.adapter.rendered_ids(rendered)
+        if ids is not None:
+            return _advance(steps.send, ids)
+        reason = (
+            str(rendered) if isinstance(rendered, BaseException) else self.adapter.error_message(rendered)
+        )
+        return _advance(steps.throw, splice.RenderRefused(reason))
+
+    # --- the ids -----------------------------------------------------------------------------------
+
+    def begin(
+        self, serving: Any, request: Any, tokens: list[int], args: Sequence[Any], kwargs: dict[str, Any]
+    ) -> tuple[_Render, Any]:
         """Before vLLM renders: on the fast path, validate the ids and hand them to vLLM's reuse branch.
 
         Returns the call and, for bad ids, this vLLM's client error (the render is then not run).
         """
-        request = args[0] if args else kwargs["request"]
-        call = _Render(request, self.wants_verify(request))
+        call = _Render(request, tokens, self.wants_verify(request))
         if not self.uses_fast_path(request, call.verify):
             return call, None
         context = self.adapter.render_context(serving, args, kwargs)
         try:
-            validate_ids(request.tokens, context)
+            validate_ids(tokens, context)
         except TokensRejected as exc:
             return call, self.adapter.error_from_render(serving, str(exc), exc.param)
         call.context = context
-        call.undo = self.adapter.offer_ids(request, request.tokens)
+        call.undo = self.adapter.offer_ids(request, tokens)
         return call, None
 
     def finish(
         self, call: _Render, serving: Any, args: Sequence[Any], kwargs: dict[str, Any], result: Any
     ) -> Any:
-        """Return `result` with the ids swapped, or this vLLM's client error for bad `tokens`."""
-        request = call.request
+        """Return `result` with the ids swapped, or this vLLM's client error for bad ids."""
+        request, tokens = call.request, call.tokens
         prompts = self.adapter.engine_prompts(result)
         if prompts is None:  # vLLM already refused the rendered request: keep its answer
             return result
-        tokens: list[int] = request.tokens
         try:
             if len(prompts) != 1:
                 raise TokensRejected(f"expected one engine prompt, vLLM rendered {len(prompts)}", None)
@@ -249,3 +319,29 @@ class TokensSwap:
         if index is not None:
             report_mismatch(str(getattr(request, "request_id", "?")), rendered, tokens, index)
         return Verification(len(rendered), len(tokens), index)
+
+
+_Steps = Generator[splice.RenderAsk, list[int], "splice.Splice | list[int]"]
+
+
+@dataclass(frozen=True)
+class _Done:
+    value: splice.Splice | list[int]
+
+
+_Step = splice.RenderAsk | _Done | splice.SpliceError
+
+
+def _advance(move: Callable[[Any], splice.RenderAsk], value: Any) -> _Step:
+    """One step of the splice steps, as a value (a StopIteration must not cross an `await`)."""
+    try:
+        return move(value)
+    except StopIteration as done:
+        return _Done(done.value)
+    except splice.SpliceError as exc:
+        return exc
+
+
+def _no_splice(tokens: list[int]) -> _Steps:
+    return tokens
+    yield  # steps that finish at once with `tokens`

@@ -60,9 +60,7 @@ def wrapped(adapter_name: str, method: str) -> Any:
     swap = TokensSwap(adapter, lambda request: request.tokens is not None)
     target = next(t for t in adapter.render_targets if t.location.attribute == "_make_request_with_harmony")
     assert target.is_async is False
-    function = wrapt.FunctionWrapper(
-        getattr(ServingChat, method), plugin._render_wrapper(swap, target.is_async)
-    )
+    function = wrapt.FunctionWrapper(getattr(ServingChat, method), plugin._render_wrapper(swap, target))
     return function.__get__(ServingChat(), ServingChat)
 
 

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from vllm_tokens_patch.adapters.base import Adapter, Location, RenderContext
+from vllm_tokens_patch.adapters.base import Adapter, Location, RenderContext, RenderTarget
 from vllm_tokens_patch.tokens import (
     CHUNK,
     TokensRejected,
@@ -172,8 +172,11 @@ class Render:
         return self.result
 
 
+TARGET = RenderTarget(Location("fake", "Serving.render"), is_async=False)
+
+
 def render_with(swapper: TokensSwap, request: Request, result: Any) -> Any:
-    return swapper.render_sync(Render(result), Serving(), (request,), {})
+    return swapper.render_sync(Render(result), Serving(), TARGET, (request,), {})
 
 
 def test_swap_feeds_tokens_and_drops_what_described_the_rendered_ids() -> None:
@@ -241,7 +244,7 @@ def test_fast_path_offers_the_ids_renders_once_and_undoes() -> None:
     adapter = FastAdapter()
     request = Request([5, 6, 7], verify=False)
     render = Render(rendered_result([5, 6, 7]))
-    result = swap(adapter=adapter).render_sync(render, Serving(), (request,), {})
+    result = swap(adapter=adapter).render_sync(render, Serving(), TARGET, (request,), {})
     assert adapter.offered == [[5, 6, 7]] and adapter.undone == 1 and render.calls == 1
     assert result[1][0]["prompt_token_ids"] == [5, 6, 7] and "prompt" not in result[1][0]
     assert request._tokens_verification.header_value() == "skipped"
@@ -251,7 +254,7 @@ def test_fast_path_undoes_when_vllm_raises() -> None:
     adapter = FastAdapter()
     with pytest.raises(RuntimeError):
         swap(adapter=adapter).render_sync(
-            Render(RuntimeError("boom")), Serving(), (Request([5], verify=False),), {}
+            Render(RuntimeError("boom")), Serving(), TARGET, (Request([5], verify=False),), {}
         )
     assert adapter.undone == 1
 
@@ -266,7 +269,7 @@ def test_fast_path_undoes_when_vllm_raises() -> None:
 def test_fast_path_refuses_bad_ids_before_vllm_renders(request_obj: Request, fragment: str) -> None:
     adapter = FastAdapter()
     render = Render(rendered_result([1]))
-    answer = swap(adapter=adapter).render_sync(render, Serving(), (request_obj,), {})
+    answer = swap(adapter=adapter).render_sync(render, Serving(), TARGET, (request_obj,), {})
     assert fragment in answer["error"] and answer["param"] == "tokens"
     assert render.calls == 0 and adapter.offered == []
 

@@ -427,6 +427,154 @@ def test_response_role_follows_the_request(run: Any, served: VllmApp, mode: dict
     assert parse_sse(ours.text)[0]["choices"][0]["delta"]["role"] == "assistant"
 
 
+# --- turn splicing (`prefix_tokens`) ------------------------------------------------------------------
+
+SPLICE_HEADER = "x-vllm-tokens-splice"
+FIRST_TURN = [{"role": "user", "content": "Hello world, how are you today?"}]
+ANSWER = {"role": "assistant", "content": "Fine, thanks."}
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
+CALL_2 = {
+    "id": "call_2",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+}
+SPLICE_CASES = {
+    "user-turn": ([*FIRST_TURN, ANSWER], [{"role": "user", "content": "And tomorrow?"}]),
+    "system-note": ([*FIRST_TURN, ANSWER], [{"role": "system", "content": "Be brief."}]),
+    "one-tool-result": (
+        [*FIRST_TURN, {"role": "assistant", "content": "", "tool_calls": [CALL]}],
+        [{"role": "tool", "tool_call_id": "call_1", "content": "sunny"}],
+    ),
+    "tool-results-then-user": (
+        [*FIRST_TURN, {"role": "assistant", "content": "", "tool_calls": [CALL, CALL_2]}],
+        [
+            {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+            {"role": "tool", "tool_call_id": "call_2", "content": "rain"},
+            {"role": "user", "content": "Thanks. Which is warmer?"},
+        ],
+    ),
+}
+
+
+def rendered(app: VllmApp, messages: list[dict[str, Any]], generation_prompt: bool) -> list[int]:
+    text = app.tokenizer.apply_chat_template(
+        messages, add_generation_prompt=generation_prompt, tokenize=False
+    )
+    return list(app.tokenizer.encode(text, add_special_tokens=False))
+
+
+def special_id(app: VllmApp, token: str) -> int:
+    return int(app.tokenizer.convert_tokens_to_ids(token))
+
+
+@pytest.mark.parametrize("case", sorted(SPLICE_CASES))
+@pytest.mark.parametrize("ending", ["stop-token", "truncated", "other-stop-id"])
+def test_splice_feeds_prefix_plus_the_templates_bridge(
+    run: Any, served: VllmApp, case: str, ending: str, mode: dict[str, Any]
+) -> None:
+    """The tiny ChatML template is append-only: with no drift, prefix + bridge is the full render."""
+    history, new = SPLICE_CASES[case]
+    so_far = rendered(served, history, False)  # ... <|im_end|> \n
+    im_end, stop = special_id(served, "<|im_end|>"), special_id(served, "<|endoftext|>")
+    assert so_far[-2] == im_end
+    prefix = {
+        "stop-token": so_far[:-1],  # the model sampled <|im_end|>, never the \n after it
+        "truncated": so_far[:-2],  # finish_reason "length": no stop id at all
+        "other-stop-id": [*so_far[:-2], stop],  # a stop id that begins neither the close nor a turn
+    }[ending]
+    full = rendered(served, [*history, *new], True)
+    payload = body(served, [*history, *new], prefix_tokens=prefix, return_token_ids=True, tools=TOOLS, **mode)
+    response = post(run, served, ROUTE, payload)
+    assert response.status_code == 200, response.text
+    engine_ids = served.engine.prompts[-1]["prompt_token_ids"]
+    assert engine_ids[: len(prefix)] == prefix, "the prefix is fed verbatim"
+    if ending == "other-stop-id":
+        assert engine_ids[len(prefix) :] == full[len(so_far) - 2 :]
+    else:
+        assert engine_ids == full
+    assert response.json()["prompt_token_ids"] == engine_ids
+    close = "sampled" if ending == "stop-token" else "added"
+    bridge = len(engine_ids) - len(prefix)
+    assert response.headers[SPLICE_HEADER] == f"prefix={len(prefix)}; bridge={bridge}; close={close}"
+    expected = "skipped" if mode else ("mismatch" if ending == "other-stop-id" else "match")
+    assert response.headers["x-vllm-tokens-verification"] == expected
+
+
+def test_splice_keeps_a_drifted_prefix_verbatim(run: Any, served: VllmApp, mode: dict[str, Any]) -> None:
+    history, new = SPLICE_CASES["user-turn"]
+    so_far = rendered(served, history, False)
+    prefix = [*drifted(so_far[:-2]), so_far[-2]]  # what was sampled differs from a re-render of the text
+    full = rendered(served, [*history, *new], True)
+    response = post(run, served, ROUTE, body(served, [*history, *new], prefix_tokens=prefix, **mode))
+    assert response.status_code == 200, response.text
+    engine_ids = served.engine.prompts[-1]["prompt_token_ids"]
+    assert engine_ids == [*prefix, *full[len(so_far) - 1 :]]
+    assert response.headers["x-vllm-tokens-verification"] == ("skipped" if mode else "mismatch")
+
+
+def test_splice_streams_the_spliced_prompt_ids(run: Any, served: VllmApp, mode: dict[str, Any]) -> None:
+    history, new = SPLICE_CASES["user-turn"]
+    prefix = rendered(served, history, False)[:-1]
+    extra = {"stream": True, "return_token_ids": True, **mode}
+    response = post(run, served, ROUTE, body(served, [*history, *new], prefix_tokens=prefix, **extra))
+    assert response.status_code == 200, response.text
+    assert SPLICE_HEADER in response.headers
+    events = parse_sse(response.text)
+    assert events[0]["prompt_token_ids"] == rendered(served, [*history, *new], True)
+
+
+def test_splice_continues_the_final_message_verbatim(run: Any, served: VllmApp, mode: dict[str, Any]) -> None:
+    history, _ = SPLICE_CASES["user-turn"]
+    prefix = rendered(served, history, False)[:-2]  # a truncated answer the model should go on with
+    extra = {"continue_final_message": True, "add_generation_prompt": False, **mode}
+    response = post(run, served, ROUTE, body(served, history, prefix_tokens=prefix, **extra))
+    assert response.status_code == 200, response.text
+    assert served.engine.prompts[-1]["prompt_token_ids"] == prefix
+    assert response.headers[SPLICE_HEADER] == f"prefix={len(prefix)}; bridge=0; close=none"
+
+
+SPLICE_BAD_INPUTS = {
+    "both-id-lists": {
+        "messages": [*FIRST_TURN, ANSWER, *FIRST_TURN],
+        "tokens": [1, 2],
+        "prefix_tokens": [1, 2],
+    },
+    "neither-id-list": {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "tokens": None},
+    "no-assistant-message": {"messages": FIRST_TURN, "prefix_tokens": [1, 2, 3]},
+    "nothing-after-the-assistant": {"messages": [*FIRST_TURN, ANSWER], "prefix_tokens": [1, 2, 3]},
+    "prefix-past-vocabulary": {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "prefix_tokens": [1, 10**6]},
+    "prefix-negative": {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "prefix_tokens": [1, -2]},
+    "prefix-empty": {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "prefix_tokens": []},
+    "spliced-past-max-model-len": {
+        "messages": [*FIRST_TURN, ANSWER, *FIRST_TURN],
+        "prefix_tokens": [1] * (MAX_MODEL_LEN - 3),
+    },
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("case", sorted(SPLICE_BAD_INPUTS))
+def test_splice_bad_input_is_a_400_before_any_stream(
+    run: Any, served: VllmApp, case: str, stream: bool, mode: dict[str, Any]
+) -> None:
+    seen = len(served.engine.prompts)
+    payload = {
+        "model": served.args.model,
+        "temperature": 0,
+        "stream": stream,
+        **SPLICE_BAD_INPUTS[case],
+        **mode,
+    }
+    response = post(run, served, ROUTE, payload)
+    assert response.status_code == 400, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    assert len(served.engine.prompts) == seen, "nothing may reach the engine"
+
+
 def test_api_key_is_required(run: Any, served: VllmApp) -> None:
     payload = body(served, tokens=served.chat_ids(MESSAGES))
     denied = run(served.client.post(ROUTE, json=payload, headers={"Authorization": "Bearer wrong"}))

@@ -68,6 +68,9 @@ class RenderTarget:
 
     location: Location
     is_async: bool
+    explicit_messages: bool = False
+    """The messages are its third argument and `add_generation_prompt` / `continue_final_message` keyword
+    arguments (`_preprocess_chat`); otherwise all three are read from the request."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,47 @@ class Adapter:
         Default: `OpenAIServing._validate_input`, the check 0.10.2-0.15.1 run on a rendered prompt.
         """
         serving._validate_input(request, tokens, "")
+
+    def stand_in_call(
+        self,
+        target: RenderTarget,
+        args: Sequence[Any],
+        kwargs: dict[str, Any],
+        messages: list[dict[str, Any]],
+        add_generation_prompt: bool,
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments that make `target` render `messages` for a copy of this call's request, with the
+        same template, tools and template kwargs (for the splice's stand-in renders)."""
+        request = args[0] if args else kwargs["request"]
+        copy = request.model_copy(
+            update={
+                "messages": messages,
+                "add_generation_prompt": add_generation_prompt,
+                "continue_final_message": False,
+                "echo": False,
+                "kv_transfer_params": None,  # never let vLLM's reuse branch take this render
+            }
+        )
+        rest, named = tuple(args[1:]), dict(kwargs)
+        if target.explicit_messages:
+            rest = (rest[0], messages, *rest[2:])
+            named.update(add_generation_prompt=add_generation_prompt, continue_final_message=False)
+        if args:
+            return (copy, *rest), named
+        named["request"] = copy
+        return rest, named
+
+    def rendered_ids(self, result: Any) -> list[int] | None:
+        """The ids of a render result, or None when vLLM returned an error (see `error_message`)."""
+        prompts = self.engine_prompts(result)
+        if prompts is None or len(prompts) != 1:
+            return None
+        return list(prompts[0]["prompt_token_ids"])
+
+    def error_message(self, result: Any) -> str:
+        """The message of an error vLLM returned from a render method."""
+        info = getattr(result, "error", result)
+        return str(getattr(info, "message", info))
 
     def error_from_render(self, serving: Any, message: str, param: str | None) -> Any:
         """What a render method hands back to report a client error before any stream opens."""

@@ -27,7 +27,11 @@ class PreprocessChatV010(Adapter):
     json_validator = Location(f"{_OPENAI}.api_server", "validate_json_request")
     request_base = Location(f"{_OPENAI}.protocol", "ChatCompletionRequest")
     render_targets = (
-        RenderTarget(Location(f"{_OPENAI}.serving_chat", "OpenAIServingChat._preprocess_chat"), True),
+        RenderTarget(
+            Location(f"{_OPENAI}.serving_chat", "OpenAIServingChat._preprocess_chat"),
+            True,
+            explicit_messages=True,
+        ),
         RenderTarget(
             Location(f"{_OPENAI}.serving_chat", "OpenAIServingChat._make_request_with_harmony"), False
         ),

@@ -1,0 +1,196 @@
+"""Turn splicing: the engine prompt is the ids the client already has (`prefix_tokens`) plus a bridge that the
+model's own chat template gives the new messages.
+
+`prefix_tokens` is what the engine saw and sampled so far (the previous response's `prompt_token_ids` +
+`token_ids`), never re-tokenized. The messages after the LAST assistant message are new. The bridge is read
+from two renders of a short stand-in conversation that differ only in the stand-in assistant's content:
+
+    [system?, user "u", assistant "x", *new]  and  [system?, user "u", assistant "y", *new]
+
+Their common suffix is what the template emits after an assistant turn's content: the close of that turn
+(ChatML's `<|im_end|>\\n`, or nothing in GLM-style templates), the new messages and the generation prompt.
+So the cost does not grow with the history, and whatever a template does to earlier turns (think-stripping,
+a default system preamble, BOS, tools in the first user turn) cancels out. A leading system message is kept
+in the stand-in because some templates fold it into the last user turn. Templates that refuse tool results
+after an assistant without matching `tool_calls` get a stand-in carrying them; the calls' own rendering is
+then measured the same way and removed from the seam.
+
+Seam rule: if the last prefix id is the first id of the seam (the model sampled `<|im_end|>`, or, GLM-style,
+the next role marker), it is not added twice; otherwise (a truncated turn, another stop id) the whole seam
+follows the sampled ids. This module is sans-I/O: `plan` yields `RenderAsk`s and is sent the rendered ids,
+so one implementation serves vLLM's async and sync render methods and the template tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+STAND_IN_USER = {"role": "user", "content": "u"}
+STAND_IN_CONTENTS = ("x", "y")
+"""Two one-token contents: the two renders differ exactly there."""
+MAX_CONTENT_IDS = 4
+"""More differing ids than this means the template did more with the stand-in than render its content."""
+
+CloseKind = Literal["sampled", "added", "none"]
+
+
+class SpliceError(ValueError):
+    """The splice cannot be done faithfully; the message is the client-facing reason (HTTP 400)."""
+
+    def __init__(self, message: str, param: str = "messages") -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class RenderRefused(Exception):
+    """vLLM refused to render a stand-in conversation (thrown into `plan` by its driver)."""
+
+
+@dataclass(frozen=True)
+class RenderAsk:
+    """Render these messages with this vLLM's chat template (and the request's template kwargs)."""
+
+    messages: list[dict[str, Any]]
+    add_generation_prompt: bool
+
+
+@dataclass(frozen=True)
+class Splice:
+    prefix_len: int
+    bridge: list[int]
+    close: CloseKind
+    """`sampled`: the last prefix id began the seam; `added`: the whole seam was added; `none`: no bridge."""
+
+    def header_value(self) -> str:
+        return f"prefix={self.prefix_len}; bridge={len(self.bridge)}; close={self.close}"
+
+
+Plan = Generator[RenderAsk, list[int], Splice]
+
+
+def _role(message: Any) -> Any:
+    return message.get("role") if isinstance(message, Mapping) else getattr(message, "role", None)
+
+
+def _field(message: Any, name: str) -> Any:
+    return message.get(name) if isinstance(message, Mapping) else getattr(message, name, None)
+
+
+def common_suffix_length(left: Sequence[int], right: Sequence[int]) -> int:
+    length = 0
+    for a, b in zip(reversed(left), reversed(right), strict=False):
+        if a != b:
+            break
+        length += 1
+    return length
+
+
+def _after_content(first: list[int], second: list[int]) -> list[int]:
+    """What both renders have after the stand-in content; refuse if they differ by more than it."""
+    suffix = common_suffix_length(first, second)
+    prefix = 0
+    for a, b in zip(first, second, strict=False):
+        if a != b:
+            break
+        prefix += 1
+    if max(len(first), len(second)) - min(prefix + suffix, min(len(first), len(second))) > MAX_CONTENT_IDS:
+        raise SpliceError(
+            "the chat template does not render an assistant turn as its content followed by a fixed end; "
+            "the turn cannot be spliced (send `tokens` instead)"
+        )
+    return first[len(first) - suffix :]
+
+
+def _assistant(content: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
+
+
+def _stand_in_calls(new: Sequence[Any]) -> list[dict[str, Any]]:
+    """Calls whose ids match the leading tool results, for templates that check them."""
+    calls = []
+    for index, message in enumerate(new):
+        if _role(message) != "tool":
+            break
+        call_id = _field(message, "tool_call_id") or f"call_{index}"
+        calls.append({"id": call_id, "type": "function", "function": {"name": "f", "arguments": "{}"}})
+    return calls
+
+
+def _seam(
+    context: list[dict[str, Any]],
+    new: list[Any],
+    add_generation_prompt: bool,
+    tool_calls: list[dict[str, Any]] | None,
+) -> Generator[RenderAsk, list[int], list[int]]:
+    renders = []
+    for content in STAND_IN_CONTENTS:
+        messages = [*context, _assistant(content, tool_calls), *new]
+        renders.append((yield RenderAsk(messages, add_generation_prompt)))
+    return _after_content(*renders)
+
+
+def _seam_after_calls(
+    context: list[dict[str, Any]], new: list[Any], add_generation_prompt: bool, calls: list[dict[str, Any]]
+) -> Generator[RenderAsk, list[int], list[int]]:
+    """The seam for templates that demand matching `tool_calls`: measured with them, minus their rendering."""
+    try:
+        with_calls = yield from _seam(context, new, add_generation_prompt, calls)
+        end_with_calls = yield from _seam(context, [], False, calls)
+        end = yield from _seam(context, [], False, None)
+    except RenderRefused as exc:
+        raise SpliceError(f"vLLM cannot render the new messages after an assistant turn: {exc}") from None
+    calls_part = len(end_with_calls) - len(end)
+    if (
+        calls_part < 0
+        or end_with_calls[calls_part:] != end
+        or with_calls[:calls_part] != end_with_calls[:calls_part]
+    ):
+        raise SpliceError("the chat template renders tool calls in a way the turn cannot be spliced around")
+    return with_calls[calls_part:]
+
+
+def plan(
+    messages: Sequence[Any],
+    prefix: list[int],
+    *,
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+) -> Plan:
+    """The splice of `messages` onto `prefix`; yields the renders it needs (see the module docstring)."""
+    assistants = [index for index, message in enumerate(messages) if _role(message) == "assistant"]
+    if not assistants:
+        raise SpliceError(
+            "`prefix_tokens` needs an assistant message in `messages`: the messages after the last one are "
+            "the new turn (send `tokens` for a first turn)"
+        )
+    new = list(messages[assistants[-1] + 1 :])
+    if not new:
+        if continue_final_message:  # the model resumes its own turn, e.g. after a truncation
+            return Splice(len(prefix), [], "none")
+        raise SpliceError(
+            "nothing after the last assistant message: add the new messages, or set "
+            "`continue_final_message` to let the model continue its turn"
+        )
+    if continue_final_message:
+        raise SpliceError("`continue_final_message` needs `messages` to end with the assistant message")
+    context = [dict(messages[0])] if _role(messages[0]) == "system" else []
+    context.append(dict(STAND_IN_USER))
+    try:
+        seam = yield from _seam(context, new, add_generation_prompt, None)
+    except RenderRefused as plain_refused:
+        calls = _stand_in_calls(new)
+        if not calls:
+            raise SpliceError(
+                f"vLLM cannot render the new messages after an assistant turn: {plain_refused}"
+            ) from None
+        seam = yield from _seam_after_calls(context, new, add_generation_prompt, calls)
+    if not seam:
+        raise SpliceError("the chat template adds nothing for the new messages")
+    if prefix and prefix[-1] == seam[0]:
+        return Splice(len(prefix), seam[1:], "sampled")
+    return Splice(len(prefix), seam, "added")
