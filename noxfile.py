@@ -65,7 +65,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(tags=["ci"])
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package (it ships `py.typed`), against the libraries it imports."""
-    session.install("mypy", "types-PyYAML", "wrapt>=2", "packaging", "fastapi", "pydantic>=2", "httpx")
+    session.install("mypy", "types-PyYAML", "wrapt>=2", "packaging", "fastapi", "pydantic>=2", "httpx", "msgspec")
     session.run("mypy", "--strict", "vllm_tokens_patch")
 
 
