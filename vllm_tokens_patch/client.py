@@ -1,118 +1,167 @@
 """A small client for multi-turn token-in rollouts against any vLLM server with this plugin.
 
-The next turn's prompt is the previous prompt ids + the sampled ids + the template's end-of-turn ids +
-the new user turn's ids. The template pieces come from the server's own `/tokenize` (probed once), so the
-client needs no local tokenizer and agrees with the server's chat template. Needs `httpx` (a dependency
-of `openai`; not of this package).
+One HTTP request per turn, no `/tokenize`, no local tokenizer: turn 1 goes to vLLM's own chat route with
+`return_token_ids` (its prompt is the render anyway); every later turn sends the ids so far
+(`prefix_tokens` = the previous prompt ids + the sampled ids) with the whole conversation, and the server
+splices the new messages on with the model's own chat template. Truncated turns and tool results need
+nothing special. `TokenChatClient` is synchronous, `AsyncTokenChatClient` its asyncio twin.
+
+Needs `httpx`: `pip install vllm-tokens-patch[client]`.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-ROUTE = "/v1/chat/completions/tokens"
+from vllm_tokens_patch.settings import Settings
+
+try:
+    import httpx
+except ImportError as exc:  # pragma: no cover - exercised by the extra's absence only
+    raise ImportError(
+        "vllm_tokens_patch.client needs httpx: pip install 'vllm-tokens-patch[client]'"
+    ) from exc
+
+STOCK_ROUTE = "/v1/chat/completions"
 
 
-class TemplateNotSplittable(RuntimeError):
-    """The chat template does not render a conversation as prefix + turn (it is not append-only there)."""
+def token_route() -> str:
+    """Where the token route is mounted: `VLLM_TOKENS_PATCH_ROUTE` as the server reads it, or the default."""
+    return os.environ.get("VLLM_TOKENS_PATCH_ROUTE", "").strip() or Settings.route_path
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One turn's answer: vLLM's chat response body and headers."""
+
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        return list(self.body["prompt_token_ids"])
+
+    @property
+    def completion_ids(self) -> list[int]:
+        return list(self.body["choices"][0]["token_ids"])
+
+    @property
+    def ids(self) -> list[int]:
+        """What the engine saw and sampled: the next turn's `prefix_tokens`."""
+        return [*self.prompt_ids, *self.completion_ids]
+
+    @property
+    def finish_reason(self) -> str | None:
+        reason = self.body["choices"][0].get("finish_reason")
+        return str(reason) if reason is not None else None
+
+    def assistant_message(self) -> dict[str, Any]:
+        """The sampled turn as a message for the conversation (content and tool calls as parsed)."""
+        message = self.body["choices"][0]["message"]
+        turn: dict[str, Any] = {"role": "assistant", "content": message.get("content") or ""}
+        if message.get("tool_calls"):
+            turn["tool_calls"] = message["tool_calls"]
+        return turn
 
 
 @dataclass
-class TokenChatClient:
+class _Payloads:
+    """What both clients send and how they read answers; only the transport differs."""
+
     base_url: str
     model: str
     api_key: str | None = None
     timeout: float = 120.0
     transport: Any = None
     """An `httpx` transport to use instead of the network (tests, custom proxies)."""
-    _http: Any = field(init=False, repr=False)
-    _close_ids: list[int] | None = field(default=None, init=False, repr=False)
+    route: str = field(default_factory=token_route)
 
     def __post_init__(self) -> None:
-        import httpx
+        """Each client opens its `httpx` client here."""
 
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        root = self.base_url.rstrip("/").removesuffix("/v1")
+    @property
+    def _root(self) -> str:
+        return self.base_url.rstrip("/").removesuffix("/v1")
+
+    @property
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def _body(self, messages: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+        return {"model": self.model, "messages": messages, "return_token_ids": True, **fields}
+
+    @staticmethod
+    def _sampled(response: httpx.Response) -> Sampled:
+        response.raise_for_status()
+        return Sampled(dict(response.json()), dict(response.headers))
+
+
+class TokenChatClient(_Payloads):
+    """Synchronous rollout client (see the module docstring)."""
+
+    def __post_init__(self) -> None:
         self._http = httpx.Client(
-            base_url=root, headers=headers, timeout=self.timeout, transport=self.transport
+            base_url=self._root, headers=self._headers, timeout=self.timeout, transport=self.transport
         )
 
     def close(self) -> None:
         self._http.close()
 
-    def _post(self, path: str, payload: dict[str, Any]) -> Any:
-        response = self._http.post(path, json=payload)
-        response.raise_for_status()
-        return response
+    def __enter__(self) -> TokenChatClient:
+        return self
 
-    def tokenize_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> list[int]:
-        payload = {"model": self.model, "messages": messages, "add_generation_prompt": add_generation_prompt}
-        return list(self._post("/tokenize", payload).json()["tokens"])
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
-    def tokenize_text(self, text: str) -> list[int]:
-        payload = {"model": self.model, "prompt": text, "add_special_tokens": False}
-        return list(self._post("/tokenize", payload).json()["tokens"])
+    def chat(self, messages: list[dict[str, Any]], **params: Any) -> Sampled:
+        """vLLM's stock route (renders `messages`): turn 1 of a rollout, or a comparison."""
+        return self._sampled(self._http.post(STOCK_ROUTE, json=self._body(messages, **params)))
 
-    def chat(self, messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
-        """The stock route (re-renders `messages`), with `return_token_ids`."""
-        payload = {"model": self.model, "messages": messages, "return_token_ids": True, **params}
-        return dict(self._post("/v1/chat/completions", payload).json())
+    def chat_tokens(self, messages: list[dict[str, Any]], tokens: list[int], **params: Any) -> Sampled:
+        """The token route with the whole prompt given: the engine is fed exactly `tokens`."""
+        return self._sampled(self._http.post(self.route, json=self._body(messages, tokens=tokens, **params)))
 
-    def chat_tokens(
-        self, messages: list[dict[str, Any]], tokens: list[int], **params: Any
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        """The token route: the engine is fed `tokens`; returns the body and the response headers."""
-        payload = {
-            "model": self.model,
-            "messages": messages,
-            "tokens": tokens,
-            "return_token_ids": True,
-            **params,
-        }
-        response = self._post(ROUTE, payload)
-        return dict(response.json()), dict(response.headers)
+    def next_turn(
+        self, messages: list[dict[str, Any]], previous: Sampled | list[int], **params: Any
+    ) -> Sampled:
+        """The token route in splice mode: the ids so far + the server's bridge for the new messages."""
+        prefix = previous.ids if isinstance(previous, Sampled) else previous
+        body = self._body(messages, prefix_tokens=prefix, **params)
+        return self._sampled(self._http.post(self.route, json=body))
 
-    def end_of_turn_ids(self) -> list[int]:
-        """What the template puts after an assistant message's content (e.g. `<|im_end|>\\n`)."""
-        if self._close_ids is None:
-            user = [{"role": "user", "content": "a"}]
-            opened = self.tokenize_chat(user, add_generation_prompt=True)
-            content = self.tokenize_text("b")
-            closed = self.tokenize_chat(
-                [*user, {"role": "assistant", "content": "b"}], add_generation_prompt=False
-            )
-            if closed[: len(opened) + len(content)] != opened + content:
-                raise TemplateNotSplittable("the assistant turn does not render as prefix + content + end")
-            self._close_ids = closed[len(opened) + len(content) :]
-        return self._close_ids
 
-    def user_turn_ids(self, history: list[dict[str, Any]], user_message: str) -> list[int]:
-        """Ids the template adds for a new user message after `history` (ending with an assistant turn)."""
-        before = self.tokenize_chat(history, add_generation_prompt=False)
-        after = self.tokenize_chat(
-            [*history, {"role": "user", "content": user_message}], add_generation_prompt=True
+class AsyncTokenChatClient(_Payloads):
+    """The asyncio twin of `TokenChatClient` (rollouts are concurrent)."""
+
+    def __post_init__(self) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=self._root, headers=self._headers, timeout=self.timeout, transport=self.transport
         )
-        if after[: len(before)] != before:
-            raise TemplateNotSplittable("a new user turn changes how the earlier turns render")
-        return after[len(before) :]
 
-    def next_prompt(
-        self,
-        prompt_ids: list[int],
-        completion_ids: list[int],
-        history: list[dict[str, Any]],
-        user_message: str,
-    ) -> list[int]:
-        """The exact ids of the next turn: what was fed + what was sampled + the template's glue."""
-        close = self.end_of_turn_ids()
-        sampled_close = 1 if close and completion_ids[-1:] == close[:1] else 0
-        return [
-            *prompt_ids,
-            *completion_ids,
-            *close[sampled_close:],
-            *self.user_turn_ids(history, user_message),
-        ]
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncTokenChatClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def chat(self, messages: list[dict[str, Any]], **params: Any) -> Sampled:
+        return self._sampled(await self._http.post(STOCK_ROUTE, json=self._body(messages, **params)))
+
+    async def chat_tokens(self, messages: list[dict[str, Any]], tokens: list[int], **params: Any) -> Sampled:
+        body = self._body(messages, tokens=tokens, **params)
+        return self._sampled(await self._http.post(self.route, json=body))
+
+    async def next_turn(
+        self, messages: list[dict[str, Any]], previous: Sampled | list[int], **params: Any
+    ) -> Sampled:
+        prefix = previous.ids if isinstance(previous, Sampled) else previous
+        body = self._body(messages, prefix_tokens=prefix, **params)
+        return self._sampled(await self._http.post(self.route, json=body))
 
 
 def differing_positions(reference: list[int], other: list[int]) -> int:

@@ -90,26 +90,33 @@ def test_fast_path_feeds_the_same_ids_and_samples_the_same(server: VllmServer, m
     assert fast["choices"][0]["message"] == default["choices"][0]["message"]
 
 
-def test_four_turn_rollout_feeds_exact_history_while_stock_drifts(server: VllmServer, model: Path) -> None:
-    client = TokenChatClient(f"{server.url}/v1", str(model), api_key=API_KEY)
-    try:
-        report = rollout(client, turns=4, max_tokens=24)
-    finally:
-        client.close()
+def tokenize(server: VllmServer, model: Path, messages: list[dict[str, Any]] = MESSAGES) -> list[int]:
+    body = {"model": str(model), "messages": messages}
+    return list(post(f"{server.url}/tokenize", json=body, headers=AUTH).json()["tokens"])
+
+
+def test_splice_rollout_feeds_the_prefix_verbatim_while_stock_drifts(server: VllmServer, model: Path) -> None:
+    """Five turns, one request each (turn 1 on the stock route, then `prefix_tokens`), with a turn cut
+    short by `max_tokens` and a tool result: the engine's prompt always starts with the ids so far."""
+    with TokenChatClient(f"{server.url}/v1", str(model), api_key=API_KEY) as client:
+        report = rollout(client, turns=5, max_tokens=24)
     table = format_table(report)
     (ARTIFACTS / "rollout.md").write_text(table + "\n")
     print("\n" + table)
-    assert [t.token_route_differing for t in report] == [0, 0, 0, 0]
+    assert [t.prefix_changed for t in report] == [0] * 5
+    assert all(t.bridge_len > 0 for t in report)
     assert report[0].stock_differing == 0
     assert sum(t.stock_differing for t in report[1:]) > 0, "a random model's samples should not round-trip"
+    truncated = report[1]
+    assert truncated.finish_reason == "length"
+    assert report[2].close == "added", "the server closes a turn the model did not finish"
     assert all(t.prompt_len < t2.prompt_len for t, t2 in itertools.pairwise(report))
 
 
 def test_streaming_on_the_token_route(server: VllmServer, model: Path) -> None:
-    client = TokenChatClient(f"{server.url}/v1", str(model), api_key=API_KEY)
-    tokens = client.tokenize_chat(MESSAGES, add_generation_prompt=True)
-    full, _ = client.chat_tokens(MESSAGES, tokens, temperature=0, max_tokens=16)
-    client.close()
+    tokens = tokenize(server, model)
+    with TokenChatClient(f"{server.url}/v1", str(model), api_key=API_KEY) as client:
+        full = client.chat_tokens(MESSAGES, tokens, temperature=0, max_tokens=16).body
     body = {
         "model": str(model),
         "messages": MESSAGES,
@@ -143,9 +150,7 @@ def test_api_key(server: VllmServer, model: Path) -> None:
 
 
 def test_mismatch_is_logged_and_reported(server: VllmServer, model: Path) -> None:
-    client = TokenChatClient(f"{server.url}/v1", str(model), api_key=API_KEY)
-    tokens = client.tokenize_chat(MESSAGES, add_generation_prompt=True)
-    client.close()
+    tokens = tokenize(server, model)
     tokens[3] = tokens[3] + 1
     body = {
         "model": str(model),
@@ -196,13 +201,17 @@ def test_bad_input_is_4xx_before_any_stream(server: VllmServer, model: Path, fie
 
 def test_two_api_servers_both_serve_the_route(multi_server: VllmServer, model: Path) -> None:
     client = TokenChatClient(f"{multi_server.url}/v1", str(model))
-    tokens = client.tokenize_chat(MESSAGES, add_generation_prompt=True)
+    tokens = list(
+        httpx.post(
+            f"{multi_server.url}/tokenize", json={"model": str(model), "messages": MESSAGES}, timeout=120
+        ).json()["tokens"]
+    )
 
     def one(index: int) -> list[int]:
-        body, _ = client.chat_tokens(
+        sampled = client.chat_tokens(
             MESSAGES, [*tokens[:-1], 5 + index % 7, tokens[-1]], max_tokens=4, temperature=0
         )
-        return body["prompt_token_ids"]
+        return sampled.prompt_ids
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(one, range(50)))

@@ -1,17 +1,19 @@
-"""The rollout client against a stand-in server whose `/tokenize` renders ChatML and whose routes echo."""
+"""The rollout client against a stand-in server: ChatML renders on the stock route, splices on ours."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import httpx
 import pytest
 
-from vllm_tokens_patch.client import TemplateNotSplittable, TokenChatClient, differing_positions
-from vllm_tokens_patch.demo import Turn, format_table
+from vllm_tokens_patch.client import AsyncTokenChatClient, Sampled, TokenChatClient, differing_positions
+from vllm_tokens_patch.demo import Turn, format_table, rollout
 
 SPECIAL = {"<|im_start|>": 1000, "<|im_end|>": 1001}
+SAMPLED = [104, 105, SPECIAL["<|im_end|>"]]  # "hi" and the stop token
 
 
 def encode(text: str) -> list[int]:
@@ -28,77 +30,99 @@ def encode(text: str) -> list[int]:
     return ids
 
 
-def render(messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+def render(messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
     text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+    return encode(text + ("<|im_start|>assistant\n" if add_generation_prompt else ""))
 
 
-def handler(request: httpx.Request) -> httpx.Response:
-    body = json.loads(request.content)
-    if request.url.path == "/tokenize":
-        if "messages" in body:
-            return httpx.Response(
-                200, json={"tokens": encode(render(body["messages"], body["add_generation_prompt"]))}
-            )
-        return httpx.Response(200, json={"tokens": encode(body["prompt"])})
-    if request.url.path == "/v1/chat/completions/tokens":
-        assert request.headers["authorization"] == "Bearer k"
-        return httpx.Response(
-            200,
-            json={
-                "prompt_token_ids": body["tokens"],
-                "choices": [{"token_ids": [104, 105], "message": {"content": "hi"}}],
-            },
-            headers={"x-vllm-tokens-verification": "match"},
-        )
-    return httpx.Response(404)
+class Server:
+    """Records every request; answers like vLLM would (the splice: prefix + close + the new turn)."""
 
+    def __init__(self, route: str = "/v1/chat/completions/tokens") -> None:
+        self.route = route
+        self.requests: list[tuple[str, dict[str, Any]]] = []
 
-@pytest.fixture
-def client() -> TokenChatClient:
-    return TokenChatClient("http://server/v1", "m", api_key="k", transport=httpx.MockTransport(handler))
-
-
-def test_end_of_turn_ids_come_from_the_template(client: TokenChatClient) -> None:
-    assert client.end_of_turn_ids() == encode("<|im_end|>\n")
-
-
-def test_next_prompt_appends_sampled_ids_glue_and_the_user_turn(client: TokenChatClient) -> None:
-    history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "hi"}]
-    prompt = encode(render(history[:1], True))
-    sampled = [104, 105]  # "hi" without an end-of-turn token (stopped by max_tokens)
-    expected = encode(render([*history, {"role": "user", "content": "more"}], True))
-    assert client.next_prompt(prompt, sampled, history, "more") == expected
-    # the model sampled the end-of-turn token itself: it is not appended twice
-    with_eos = [*sampled, SPECIAL["<|im_end|>"]]
-    assert client.next_prompt(prompt, with_eos, history, "more") == expected
-
-
-def test_sampled_ids_are_kept_even_when_text_would_retokenize_differently(client: TokenChatClient) -> None:
-    history = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "hi"}]
-    prompt = encode(render(history[:1], True))
-    odd = [7, 7, 7]  # ids the text "hi" would never tokenize to
-    ids = client.next_prompt(prompt, odd, history, "more")
-    assert ids[len(prompt) : len(prompt) + 3] == odd
-
-
-def test_chat_tokens_returns_body_and_headers(client: TokenChatClient) -> None:
-    body, headers = client.chat_tokens([{"role": "user", "content": "a"}], [1, 2])
-    assert body["prompt_token_ids"] == [1, 2]
-    assert headers["x-vllm-tokens-verification"] == "match"
-
-
-def test_a_template_that_rewrites_history_is_reported() -> None:
-    def rewriting(request: httpx.Request) -> httpx.Response:
+    def __call__(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
-        if "messages" in body:
-            count = len(body["messages"])
-            return httpx.Response(200, json={"tokens": [count] * (count + 1)})  # every render differs
-        return httpx.Response(200, json={"tokens": [9]})
+        self.requests.append((request.url.path, body))
+        assert request.headers["authorization"] == "Bearer k"
+        headers = {}
+        if request.url.path == "/v1/chat/completions":
+            prompt = render(body["messages"])
+        elif request.url.path == self.route and "prefix_tokens" in body:
+            last = max(i for i, m in enumerate(body["messages"]) if m["role"] == "assistant")
+            seam = render(body["messages"][last:])[len(encode("<|im_start|>assistant\nhi")) :]
+            prefix = body["prefix_tokens"]
+            bridge = seam[1:] if prefix[-1] == seam[0] else seam
+            prompt = [*prefix, *bridge]
+            headers["x-vllm-tokens-splice"] = f"prefix={len(prefix)}; bridge={len(bridge)}; close=sampled"
+        elif request.url.path == self.route:
+            prompt = body["tokens"]
+        else:
+            return httpx.Response(404)
+        choice = {"token_ids": SAMPLED, "message": {"content": "hi"}, "finish_reason": "stop"}
+        return httpx.Response(200, json={"prompt_token_ids": prompt, "choices": [choice]}, headers=headers)
 
-    client = TokenChatClient("http://server", "m", transport=httpx.MockTransport(rewriting))
-    with pytest.raises(TemplateNotSplittable):
-        client.end_of_turn_ids()
+
+def client_for(server: Server) -> TokenChatClient:
+    return TokenChatClient("http://server/v1", "m", api_key="k", transport=httpx.MockTransport(server))
+
+
+def test_one_request_per_turn_and_the_prefix_is_what_the_engine_saw_and_sampled() -> None:
+    server = Server()
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "a"}]
+    with client_for(server) as client:
+        first = client.chat(messages, max_tokens=8)
+        messages += [first.assistant_message(), {"role": "user", "content": "more"}]
+        second = client.next_turn(messages, first, max_tokens=8)
+    assert [path for path, _ in server.requests] == ["/v1/chat/completions", "/v1/chat/completions/tokens"]
+    sent = server.requests[1][1]
+    assert sent["prefix_tokens"] == first.prompt_ids + SAMPLED == first.ids
+    assert "tokens" not in sent and sent["return_token_ids"] is True and sent["max_tokens"] == 8
+    assert second.prompt_ids == render(messages)  # the stand-in server's template is append-only
+    assert second.headers["x-vllm-tokens-splice"].endswith("close=sampled")
+
+
+def test_the_route_follows_the_servers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_TOKENS_PATCH_ROUTE", "/v1/tokens-chat")
+    server = Server(route="/v1/tokens-chat")
+    with client_for(server) as client:
+        assert client.chat_tokens([{"role": "user", "content": "a"}], [1, 2]).prompt_ids == [1, 2]
+    assert server.requests[0][0] == "/v1/tokens-chat"
+
+
+def test_the_async_twin_sends_the_same_requests() -> None:
+    server = Server()
+
+    async def turns() -> tuple[Sampled, Sampled]:
+        client = AsyncTokenChatClient(
+            "http://server", "m", api_key="k", transport=httpx.MockTransport(server)
+        )
+        async with client:
+            messages: list[dict[str, Any]] = [{"role": "user", "content": "a"}]
+            first = await client.chat(messages)
+            messages += [first.assistant_message(), {"role": "user", "content": "more"}]
+            return first, await client.next_turn(messages, first.ids)
+
+    first, second = asyncio.run(turns())
+    assert [path for path, _ in server.requests] == ["/v1/chat/completions", "/v1/chat/completions/tokens"]
+    assert server.requests[1][1]["prefix_tokens"] == first.ids
+    assert second.prompt_ids[: len(first.ids)] == first.ids
+
+
+def test_assistant_message_keeps_tool_calls() -> None:
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    body = {"choices": [{"message": {"content": None, "tool_calls": [call]}, "token_ids": []}]}
+    assert Sampled(body, {}).assistant_message() == {"role": "assistant", "content": "", "tool_calls": [call]}
+
+
+def test_http_errors_raise() -> None:
+    def refusing(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": {"message": "no"}})
+
+    client = TokenChatClient("http://server", "m", transport=httpx.MockTransport(refusing))
+    with client, pytest.raises(httpx.HTTPStatusError):
+        client.next_turn([{"role": "user", "content": "a"}], [1])
 
 
 @pytest.mark.parametrize(
@@ -109,7 +133,17 @@ def test_differing_positions(reference: list[int], other: list[int], count: int)
     assert differing_positions(reference, other) == count
 
 
+def test_demo_rollout_feeds_the_prefix_verbatim_every_turn() -> None:
+    server = Server()
+    with client_for(server) as client:
+        report = rollout(client, turns=4)
+    assert [t.prefix_changed for t in report] == [0, 0, 0, 0]
+    assert [t.close for t in report] == ["-", "sampled", "sampled", "sampled"]
+    token_requests = [body for path, body in server.requests if path.endswith("/tokens")]
+    assert len(token_requests) == 3 and all("prefix_tokens" in body for body in token_requests)
+
+
 def test_demo_table() -> None:
-    table = format_table([Turn(1, 10, 10, 0, 0, "match"), Turn(2, 30, 33, 12, 0, "mismatch")])
-    assert table.splitlines()[2] == "| 1 | 10 | 10 | 0 | 0 | match |"
-    assert table.splitlines()[3] == "| 2 | 30 | 33 | 12 | 0 | mismatch |"
+    row = Turn(2, "user", 30, 12, "sampled", "stop", 33, 12, 0, "mismatch")
+    table = format_table([row])
+    assert table.splitlines()[2] == "| 2 | user | 30 | 12 | sampled | stop | 33 | 12 | 0 | mismatch |"
