@@ -20,6 +20,10 @@ timed region, so client-side encoding is not counted. Each case is one request k
   stock-kvtp            POST /v1/chat/completions with `kv_transfer_params.prompt_token_ids` (vLLM's own
                         reuse branch, >= 0.27).
   completions-ids       POST /v1/completions with `prompt` = the ids: no template, no tokenizer (the limit).
+  tokens-splice         (multi-turn sizes only) POST /v1/chat/completions/tokens with `prefix_tokens` = the
+                        ids of the history before the last user message, cut where the model stopped
+                        sampling (after `<|im_end|>`), on the fast path: the server renders only the
+                        stand-ins that give the new turn, never the history.
 
 Rounds send every case once (the baseline `--baseline-copies` times, so that both apps serve the same
 share of requests), in a random order (seeded), after warm-up rounds; wall time (perf_counter)
@@ -61,9 +65,10 @@ MAX_MODEL_LEN = 40960
 MAX_TOKENS = 4
 BASELINE = "stock-without-plugin"
 CASES = ("stock-without-plugin", "stock-with-plugin", "tokens-default", "tokens-fast", "stock-kvtp")
-CASES += ("completions-ids",)
-SIZES = {"1k": 1024, "4k": 4096, "16k": 16384, "32k": 32768, "multi-turn-66": 8192}
-"""Target rendered prompt tokens; `multi-turn-66` is 66 alternating user/assistant messages."""
+CASES += ("completions-ids", "tokens-splice")
+SIZES = {"1k": 1024, "4k": 4096, "16k": 16384, "32k": 32768, "multi-turn-8k": 8192, "multi-turn-32k": 32768}
+"""Target rendered prompt tokens; `multi-turn-*`: 66 alternating user/assistant messages + a new user one."""
+TURN_MESSAGES = 66
 TOKENIZERS = {
     "tiny-1k": "tests/support/tiny_model.py: byte-level BPE, VOCAB_SIZE 1024 (fewer ids trained)",
     "bpe-65k": "anthropic==0.34.2 anthropic/tokenizer.json: byte-level BPE, 65k vocab, + ChatML specials",
@@ -107,15 +112,20 @@ def _fit(app: VllmApp, target: int, make: Any) -> list[dict[str, str]]:
 def conversation(app: VllmApp, size: str, seed: int) -> list[dict[str, str]]:
     target = SIZES[size]
     if size.startswith("multi-turn-"):
-        count = int(size.rsplit("-", 1)[1])
+        count = TURN_MESSAGES
         weights = [random.Random(seed + i).uniform(0.3, 1.7) for i in range(count)]
         roles = ["user" if i % 2 == 0 else "assistant" for i in range(count)]
+        per_message = target / (count + 1)
 
         def make(scale: float) -> list[dict[str, str]]:
-            return [
-                {"role": role, "content": _text(random.Random(seed + i), max(1, round(scale * 20 * w)))}
+            history = [
+                {
+                    "role": role,
+                    "content": _text(random.Random(seed + i), max(1, round(scale * per_message * w))),
+                }
                 for i, (role, w) in enumerate(zip(roles, weights, strict=True))
             ]
+            return [*history, {"role": "user", "content": "And what happens next?"}]
     else:
 
         def make(scale: float) -> list[dict[str, str]]:
@@ -175,8 +185,23 @@ class Case:
     stream: bool
 
 
+def splice_prefix(app: VllmApp, messages: list[dict[str, str]]) -> list[int] | None:
+    """The ids of the history before the new user message, as sampled: ending with `<|im_end|>`."""
+    if len(messages) < 2 or messages[-2]["role"] != "assistant":
+        return None
+    text = app.tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=False, tokenize=False)
+    history = list(app.tokenizer.encode(text, add_special_tokens=False))
+    assert history[-2] == app.tokenizer.convert_tokens_to_ids("<|im_end|>"), "ChatML ends a turn so"
+    return history[:-1]
+
+
 def make_cases(
-    stock: VllmApp, plugin: VllmApp, messages: list[dict[str, str]], ids: list[int], streams: list[bool]
+    stock: VllmApp,
+    plugin: VllmApp,
+    messages: list[dict[str, str]],
+    ids: list[int],
+    streams: list[bool],
+    prefix: list[int] | None,
 ) -> list[Case]:
     cases = []
     for stream in streams:
@@ -201,7 +226,15 @@ def make_cases(
                 {"model": plugin.args.model, "prompt": ids, "max_tokens": MAX_TOKENS, "stream": stream},
             ),
         }
+        if prefix is not None:
+            bodies["tokens-splice"] = (
+                plugin,
+                "/v1/chat/completions/tokens",
+                {**base, "prefix_tokens": prefix, "vllm_tokens_patch_verify": False},
+            )
         for name in CASES:
+            if name not in bodies:
+                continue
             app, path, payload = bodies[name]
             # One encoded body per case: every request is parsed afresh by the server (vLLM pops
             # `kv_transfer_params` from its request object, never from these bytes).
@@ -267,7 +300,8 @@ async def measure(
 ) -> dict[str, Any]:
     messages = conversation(plugin, size, args.seed)
     ids = plugin.chat_ids(messages)
-    cases = make_cases(stock, plugin, messages, ids, [False, True] if args.stream else [False])
+    prefix = splice_prefix(plugin, messages)
+    cases = make_cases(stock, plugin, messages, ids, [False, True] if args.stream else [False], prefix)
     rounds = rounds_for(SIZES[size], args)
     samples: dict[str, dict[str, list[float]]] = {c.name: {"wall_ms": [], "cpu_ms": []} for c in cases}
     headers_seen: dict[str, set[str]] = {}
@@ -361,8 +395,8 @@ def measure_startup(runs: int) -> dict[str, Any]:
 # --- outputs ------------------------------------------------------------------------------------------
 
 
-def _cell(entry: dict[str, float]) -> str:
-    return f"{entry['cpu_ratio']:.2f} ({entry['wall_ratio']:.2f})"
+def _cell(entry: dict[str, float] | None) -> str:
+    return "-" if entry is None else f"{entry['cpu_ratio']:.2f} ({entry['wall_ratio']:.2f})"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -396,7 +430,7 @@ def markdown(report: dict[str, Any]) -> str:
                 lines.append(
                     f"| {r['size']} | {r['prompt_tokens']} | {r['rounds']} "
                     f"| {base['cpu_ms']:.1f} ({base['wall_ms']:.1f}) | "
-                    + " | ".join(_cell(r["cases"][n]) for n in names)
+                    + " | ".join(_cell(r["cases"].get(n)) for n in names)
                     + f" | {_cell(ratios['tokens-fast / stock-kvtp' + suffix])} "
                     f"| {_cell(ratios['stock-with-plugin / stock-without-plugin' + suffix])} |"
                 )
@@ -437,7 +471,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
         results = tokenizer["results"]
         for index, name in enumerate(names):
             xs = [i + (index - (len(names) - 1) / 2) * width for i in range(len(results))]
-            axis.bar(xs, [r["cases"][name]["cpu_ratio"] for r in results], width, label=name)
+            heights = [r["cases"][name]["cpu_ratio"] if name in r["cases"] else 0.0 for r in results]
+            axis.bar(xs, heights, width, label=name)
         axis.axhline(1.0, color="grey", linestyle="--", linewidth=1)
         axis.set_xticks(range(len(results)), [f"{r['size']}\n{r['prompt_tokens']} tok" for r in results])
         axis.set_ylabel(f"median CPU time / {BASELINE}")
