@@ -54,6 +54,13 @@ def unit(session: nox.Session) -> None:
 
 
 @nox.session(tags=["ci"])
+def families(session: nox.Session) -> None:
+    """splice.py against our own templates and tiny tokenizers of seven chat-template families (no vLLM)."""
+    session.install(*REINSTALL_OURS, ".", "pytest", "transformers", "tokenizers", "jinja2")
+    session.run(*PYTEST, "tests/families", *session.posargs)
+
+
+@nox.session(tags=["ci"])
 def lint(session: nox.Session) -> None:
     session.install("ruff", "PyYAML", "packaging")
     session.run("ruff", "check", ".")
@@ -65,7 +72,9 @@ def lint(session: nox.Session) -> None:
 @nox.session(tags=["ci"])
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package (it ships `py.typed`), against the libraries it imports."""
-    session.install("mypy", "types-PyYAML", "wrapt>=2", "packaging", "fastapi", "pydantic>=2", "httpx", "msgspec")
+    session.install(
+        "mypy", "types-PyYAML", "wrapt>=2", "packaging", "fastapi", "pydantic>=2", "httpx", "msgspec"
+    )
     session.run("mypy", "--strict", "vllm_tokens_patch")
 
 

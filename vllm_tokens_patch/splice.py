@@ -11,9 +11,11 @@ Their common suffix is what the template emits after an assistant turn's content
 (ChatML's `<|im_end|>\\n`, or nothing in GLM-style templates), the new messages and the generation prompt.
 So the cost does not grow with the history, and whatever a template does to earlier turns (think-stripping,
 a default system preamble, BOS, tools in the first user turn) cancels out. A leading system message is kept
-in the stand-in because some templates fold it into the last user turn. Templates that refuse tool results
-after an assistant without matching `tool_calls` get a stand-in carrying them; the calls' own rendering is
-then measured the same way and removed from the seam.
+in the stand-in because some templates fold it into the last user turn. When the last assistant turn made
+tool calls, its close is measured on a stand-in carrying those calls (a template may close such a turn
+differently, e.g. Llama's `<|eom_id|>`), and templates that refuse tool results after an assistant without
+matching calls get that stand-in for the new messages too; the calls' own rendering is measured the same
+way and removed from the seam.
 
 Seam rule: if the last prefix id is the first id of the seam (the model sampled `<|im_end|>`, or, GLM-style,
 the next role marker), it is not added twice; otherwise (a truncated turn, another stop id) the whole seam
@@ -111,7 +113,8 @@ def _assistant(content: str, tool_calls: list[dict[str, Any]] | None) -> dict[st
 
 
 def _stand_in_calls(new: Sequence[Any]) -> list[dict[str, Any]]:
-    """Calls whose ids match the leading tool results, for templates that check them."""
+    """Calls whose ids match the leading tool results, for templates that check them (used only when the
+    last assistant message carries no calls of its own)."""
     calls = []
     for index, message in enumerate(new):
         if _role(message) != "tool":
@@ -134,24 +137,45 @@ def _seam(
     return _after_content(*renders)
 
 
-def _seam_after_calls(
-    context: list[dict[str, Any]], new: list[Any], add_generation_prompt: bool, calls: list[dict[str, Any]]
+def _join(prefix: list[int], seam: list[int]) -> Splice:
+    if not seam:
+        raise SpliceError("the chat template adds nothing for the new messages")
+    if prefix and prefix[-1] == seam[0]:
+        return Splice(len(prefix), seam[1:], "sampled")
+    return Splice(len(prefix), seam, "added")
+
+
+def _seam_for_calls(
+    context: list[dict[str, Any]],
+    new: list[Any],
+    add_generation_prompt: bool,
+    calls: list[dict[str, Any]],
+    plain_seam: list[int] | None,
 ) -> Generator[RenderAsk, list[int], list[int]]:
-    """The seam for templates that demand matching `tool_calls`: measured with them, minus their rendering."""
+    """The seam after a turn with tool calls, whose close may differ from a plain turn's (Llama's
+    `<|eom_id|>`): the new messages' part from the plain stand-in (or, for templates that demand matching
+    calls, from one carrying `calls`), the close from a stand-in turn with `calls` minus their rendering."""
     try:
-        with_calls = yield from _seam(context, new, add_generation_prompt, calls)
+        close = yield from _seam(context, [], False, None)
         end_with_calls = yield from _seam(context, [], False, calls)
-        end = yield from _seam(context, [], False, None)
+        if plain_seam is None:
+            with_calls = yield from _seam(context, new, add_generation_prompt, calls)
     except RenderRefused as exc:
         raise SpliceError(f"vLLM cannot render the new messages after an assistant turn: {exc}") from None
-    calls_part = len(end_with_calls) - len(end)
-    if (
-        calls_part < 0
-        or end_with_calls[calls_part:] != end
-        or with_calls[:calls_part] != end_with_calls[:calls_part]
-    ):
-        raise SpliceError("the chat template renders tool calls in a way the turn cannot be spliced around")
-    return with_calls[calls_part:]
+    if plain_seam is not None:
+        head, new_part = plain_seam[: len(close)], plain_seam[len(close) :]
+        if head != close:
+            raise SpliceError(
+                "the chat template renders the new messages in a way the turn cannot be split at"
+            )
+    else:
+        head, new_part = with_calls[: len(end_with_calls)], with_calls[len(end_with_calls) :]
+        if head != end_with_calls:
+            raise SpliceError(
+                "the chat template renders tool calls in a way the turn cannot be spliced around"
+            )
+    turn_close = end_with_calls[len(end_with_calls) - len(close) :] if close else []
+    return [*turn_close, *new_part]
 
 
 def plan(
@@ -180,17 +204,16 @@ def plan(
         raise SpliceError("`continue_final_message` needs `messages` to end with the assistant message")
     context = [dict(messages[0])] if _role(messages[0]) == "system" else []
     context.append(dict(STAND_IN_USER))
+    calls = _field(messages[assistants[-1]], "tool_calls") or None
     try:
-        seam = yield from _seam(context, new, add_generation_prompt, None)
+        seam: list[int] | None = yield from _seam(context, new, add_generation_prompt, None)
     except RenderRefused as plain_refused:
-        calls = _stand_in_calls(new)
+        seam, calls = None, calls or _stand_in_calls(new)
         if not calls:
             raise SpliceError(
                 f"vLLM cannot render the new messages after an assistant turn: {plain_refused}"
             ) from None
-        seam = yield from _seam_after_calls(context, new, add_generation_prompt, calls)
-    if not seam:
-        raise SpliceError("the chat template adds nothing for the new messages")
-    if prefix and prefix[-1] == seam[0]:
-        return Splice(len(prefix), seam[1:], "sampled")
-    return Splice(len(prefix), seam, "added")
+    if calls:
+        seam = yield from _seam_for_calls(context, new, add_generation_prompt, list(calls), seam)
+    assert seam is not None
+    return _join(prefix, seam)
