@@ -83,6 +83,14 @@ def _parse(version: str) -> Version:
         return Version("0")
 
 
+def _exact(version: str) -> Version | None:
+    """The full version, pre-release, dev and local labels included (None if it does not parse)."""
+    try:
+        return Version(version)
+    except InvalidVersion:
+        return None
+
+
 def _matrix_text() -> str:
     packaged = importlib.resources.files("vllm_tokens_patch").joinpath(MATRIX_FILE)
     if packaged.is_file():
@@ -126,6 +134,14 @@ def choose(vllm_version: str, matrix: Matrix | None = None) -> Choice:
     if release is not None:
         if release.adapter is None:
             return Choice(vllm_version, None, False, f"vLLM {vllm_version} is not supported: {release.notes}")
+        if _exact(vllm_version) != _exact(release.version):
+            return Choice(
+                vllm_version,
+                release.adapter,
+                False,
+                f"vLLM {vllm_version} is a pre-release, dev or local build of {release.version}, which the "
+                f"compatibility matrix does not list; trying adapter {release.adapter} (untested)",
+            )
         return Choice(
             vllm_version, release.adapter, True, f"vLLM {vllm_version} -> adapter {release.adapter}"
         )

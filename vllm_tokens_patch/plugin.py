@@ -97,7 +97,11 @@ def register() -> None:
     try:
         current = settings.current()
     except settings.SettingsError as exc:
-        _log_once(logging.ERROR, f"vllm-tokens-patch is disabled: {exc}")
+        message = f"vllm-tokens-patch is disabled: {exc}"
+        if settings.strict_requested():
+            raise PatchError(message) from exc
+        if _in_api_server_process():  # engine cores and workers read the same environment: log once
+            _log_once(logging.ERROR, message)
         return
     if current.disabled:
         return

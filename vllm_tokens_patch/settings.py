@@ -59,6 +59,13 @@ class Settings:
         )
 
 
+def strict_requested(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:
+    """`VLLM_TOKENS_PATCH_STRICT` alone, read leniently: strict mode must hold even when another setting
+    (or this one's spelling) cannot be parsed."""
+    env = os.environ if environ is None else environ
+    return env.get("VLLM_TOKENS_PATCH_STRICT", "").strip().lower() in _TRUE
+
+
 @lru_cache(maxsize=1)
 def current() -> Settings:
     """The settings of this process (cached; tests call `current.cache_clear()`)."""

@@ -12,6 +12,7 @@ import logging
 import subprocess
 import sys
 import textwrap
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,6 @@ def test_route_hook_module_running_as_main_is_patched(
 ) -> None:
     """`python -m vllm.entrypoints.openai.api_server` runs the hook's module as __main__ (<= 0.28)."""
     import importlib.util
-    import types
 
     spec = importlib.util.find_spec(f"{CHAT}.api_router")
     main = types.ModuleType("__main__")
@@ -222,6 +222,35 @@ def test_route_hook_module_running_as_main_is_patched(
     assert isinstance(main.attach_router, plugin.PatchWrapper)
     plugin.unpatch()
     assert not isinstance(main.attach_router, plugin.PatchWrapper)
+
+
+def test_a_malformed_setting_under_strict_fails_startup_naming_it(
+    fake_vllm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLLM_TOKENS_PATCH_VERIFY", "bogus")
+    monkeypatch.setenv("VLLM_TOKENS_PATCH_STRICT", "1")
+    settings.current.cache_clear()
+    with pytest.raises(plugin.PatchError, match="VLLM_TOKENS_PATCH_VERIFY='bogus'"):
+        plugin.register()
+
+
+def test_a_malformed_setting_without_strict_logs_once_in_api_servers_only(
+    fake_vllm: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("VLLM_TOKENS_PATCH_VERIFY", "bogus")
+    for name in plugin.API_SERVER_MODULES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    settings.current.cache_clear()
+    with caplog.at_level(logging.ERROR, logger="vllm.tokens_patch"):
+        plugin.register()  # an engine-core or worker process: silent
+        assert caplog.records == []
+        api_server = plugin.API_SERVER_MODULES[0]
+        monkeypatch.setitem(sys.modules, api_server, types.ModuleType(api_server))
+        plugin.register()
+        plugin.register()
+    errors = [r.getMessage() for r in caplog.records]
+    assert len(errors) == 1 and "VLLM_TOKENS_PATCH_VERIFY='bogus'" in errors[0], errors
+    assert not plugin.status()["registered"]
 
 
 def test_disabled_does_nothing(fake_vllm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
