@@ -222,3 +222,73 @@ def matrix_table(session: nox.Session) -> None:
 
 if os.environ.get("NOX_LIST_MATRIX"):
     print(" ".join(r.version for r in MATRIX.supported))
+
+
+# --- Day-0 checks: the static canary, the newest vLLM on PyPI, the matrix refresh ------------------------
+
+import canary as canary_tool  # noqa: E402  (tools/canary.py; no vLLM import)
+
+
+@nox.session(name="canary", python=False)
+def canary_session(session: nox.Session) -> None:
+    """Static check of every adapter target against a vLLM tree, wheel or sdist (`-- PATH [--adapter
+    NAME]`), or, with no PATH, the newest vLLM release on PyPI (downloaded into this session's tmp dir).
+    Reads the source with `ast`; installs and imports no vLLM."""
+    cache = Path(session.create_tmp())
+    session.run(
+        sys.executable, str(ROOT / "tools" / "canary.py"), "--cache-dir", str(cache), *session.posargs
+    )
+
+
+@nox.session(name="vllm-latest", python=NEWEST.python)
+def vllm_latest(session: nox.Session) -> None:
+    """The behaviour suite on the newest vLLM release on PyPI, whatever it is today.
+
+    Results are recorded (artifacts/results) only for a version the matrix lists; for a newer one the
+    three tests that assert the matrix row itself are deselected and the verdict says it is untested.
+    """
+    version = canary_tool.newest_release("vllm")
+    listed = next((r for r in MATRIX.supported if r.version == version), None)
+    release = listed or matrix_tools.Release(
+        version=version, adapter=NEWEST.adapter, python=NEWEST.python, pins=NEWEST.pins
+    )
+    where = "in the matrix" if listed else f"NOT in the matrix (newest row {NEWEST.version})"
+    session.log(f"newest vLLM on PyPI: {version}, {where}")
+    _install_vllm(session, release, "pytest")
+    if listed is None:
+        matrix_bound = [
+            "test_plugin_is_the_installed_wheel_loaded_by_vllm",
+            "test_fast_path_is_where_the_matrix_says",
+            "test_fast_path_skips_the_render_where_the_matrix_says",
+        ]
+        deselect = [f"--deselect=tests/vllm/test_behaviour.py::{name}" for name in matrix_bound]
+        try:
+            session.run(*PYTEST, "tests/vllm", *deselect, *session.posargs)
+        except nox.command.CommandFailed:
+            session.log(f"verdict: vLLM {version} (not in the matrix): FAIL with adapter {NEWEST.adapter}")
+            raise
+        session.log(
+            f"verdict: vLLM {version} (not in the matrix): pass with adapter {NEWEST.adapter} (untested "
+            "there; not recorded: `nox -s refresh-matrix` adds the row, then `nox -s vllm-<X> record`)"
+        )
+        return
+    try:
+        _run_recorded(session, "vllm", version, "tests/vllm")
+    except nox.command.CommandFailed:
+        session.log(f"verdict: vLLM {version} (in the matrix, adapter {listed.adapter}): FAIL")
+        raise
+    session.log(f"verdict: vLLM {version} (in the matrix, adapter {listed.adapter}): pass")
+
+
+@nox.session(name="refresh-matrix", python=False)
+def refresh_matrix(session: nox.Session) -> None:
+    """Append rows for vLLM releases newer than the matrix (canary picks the adapter; `-- --dry-run`
+    prints instead of writing), then regenerate the README table if the matrix changed."""
+    matrix = ROOT / "compat_matrix.yaml"
+    before = matrix.read_text(encoding="utf-8")
+    cache = Path(session.create_tmp())
+    tool = ROOT / "tools" / "refresh_matrix.py"
+    session.run(sys.executable, str(tool), "--cache-dir", str(cache), *session.posargs)
+    if matrix.read_text(encoding="utf-8") != before:
+        matrix_tools.write_readme_table(matrix, ROOT / "README.md")
+        session.log("compat_matrix.yaml changed: README table regenerated")

@@ -106,7 +106,8 @@ def record_results(matrix_path: Path, results_dir: Path) -> int:
         row = rows.get(record["version"])
         if row is None:
             continue
-        row.setdefault("status", {})[record["kind"]] = {"result": record["result"], "date": record["date"]}
+        row["status"] = row.get("status") or {}  # a row added by refresh-matrix has none yet
+        row["status"][record["kind"]] = {"result": record["result"], "date": record["date"]}
         changed += 1
     matrix_path.write_text(dump(data, _header(text)), encoding="utf-8")
     return changed

@@ -148,6 +148,17 @@ def _register(current: settings.Settings) -> None:
     if getattr(getattr(main, "__spec__", None), "name", None) == adapter.route_hook.module:
         on_import(main)  # `python -m <route-hook module>`: the running copy is __main__, not the import
 
+    def on_fastapi(module: Any) -> None:
+        with _lock:
+            if _state.generation == generation:
+                _watch_serving(module.FastAPI)
+
+    # The safety net: FastAPI is imported only where an app is built, so engine processes never pay for it.
+    if "fastapi.applications" in sys.modules:
+        on_fastapi(sys.modules["fastapi.applications"])
+    else:
+        wrapt.register_post_import_hook(on_fastapi, "fastapi.applications")
+
 
 def _fail(reason: str, current: settings.Settings | None = None, *, serving: bool = True) -> None:
     """Record why the patch is off; log it once (only where HTTP is served); raise if strict."""
@@ -178,6 +189,50 @@ def _wrap_route_hook(adapter: Adapter, module: Any) -> None:
 
     setattr(module, attribute, PatchWrapper(original, on_attach))
     _state.patches.append(_Patch(module, attribute, original))
+
+
+def _watch_serving(fastapi_class: Any) -> None:
+    """Check every app as it starts serving (Starlette builds the middleware stack on the first ASGI call,
+    the lifespan startup under uvicorn): a vLLM chat app without our route means the route hook never ran
+    (moved, renamed, or imported under another name), which must not pass silently."""
+    attribute = "build_middleware_stack"
+    inherited = attribute not in vars(fastapi_class)
+    original = getattr(fastapi_class, attribute) if inherited else vars(fastapi_class)[attribute]
+    if isinstance(original, PatchWrapper):
+        return
+
+    def on_serve(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        _ensure_route(instance)
+        return wrapped(*args, **kwargs)
+
+    setattr(fastapi_class, attribute, PatchWrapper(original, on_serve))
+    _state.patches.append(_Patch(fastapi_class, attribute, original, inherited))
+
+
+STOCK_CHAT_PATH = "/v1/chat/completions"
+
+
+def _ensure_route(app: Any) -> None:
+    """Mount the 501 route (and say why, once) on a vLLM chat app that is about to serve without ours."""
+    with _lock:
+        adapter = _state.adapter
+        if adapter is None or any(ref() is app for ref, _ in _state.mounted):
+            return
+        if not any(getattr(r, "path", None) == STOCK_CHAT_PATH for r in getattr(app, "routes", ())):
+            return  # not vLLM's chat app (render-only server, another app in the process)
+        current = settings.current()
+        reason = _state.failure or (
+            f"vllm-tokens-patch cannot patch vLLM {_state.vllm_version} (adapter {adapter.name}): vLLM "
+            f"serves {STOCK_CHAT_PATH} but never called {adapter.route_hook} (moved, renamed, or imported "
+            f"under another module name); POST {current.route_path} answers 501"
+        )
+        from vllm_tokens_patch import route
+
+        _fail(reason, current)
+        added = route.add_route(
+            app, current.route_path, route.build_unavailable_endpoint(reason, adapter.route_error), None
+        )
+        _state.mounted.append((weakref.ref(app), added))
 
 
 def _mount(adapter: Adapter, app: Any) -> None:

@@ -84,11 +84,27 @@ class Records(logging.Handler):
         return [r.getMessage() for r in self.records if r.levelno == level]
 
 
+class LoggerRecords(logging.Filter):
+    """Records what a logger handles. A filter, not a handler: vLLM re-applies its logging config each time
+    it builds an engine config, and that clears the handlers (not the filters) of every `vllm.*` logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.records.append(record)
+        return True
+
+    def messages(self, level: int) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno == level]
+
+
 @pytest.fixture
-def plugin_logs() -> Iterator[Records]:
-    """Records of the plugin's logger (vLLM's handlers do not propagate to pytest's caplog)."""
-    handler = Records()
+def plugin_logs() -> Iterator[LoggerRecords]:
+    """What the plugin's logger handles (vLLM's handlers do not propagate to pytest's caplog)."""
+    records = LoggerRecords()
     logger = logging.getLogger("vllm.tokens_patch")
-    logger.addHandler(handler)
-    yield handler
-    logger.removeHandler(handler)
+    logger.addFilter(records)
+    yield records
+    logger.removeFilter(records)

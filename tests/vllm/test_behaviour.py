@@ -6,17 +6,20 @@ the plugin was loaded by vLLM through its entry point while the engine args were
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import vllm
-from conftest import API_KEY, MAX_MODEL_LEN, Records
+from conftest import API_KEY, MAX_MODEL_LEN, LoggerRecords, Records
 from harness import Script, VllmApp, normalize, parse_sse
 
 import vllm_tokens_patch
-from vllm_tokens_patch import compat, plugin
+from vllm_tokens_patch import adapters, compat, plugin
+from vllm_tokens_patch.adapters import Location
 
 ROUTE = "/v1/chat/completions/tokens"
 STOCK = "/v1/chat/completions"
@@ -144,7 +147,7 @@ def test_tokens_is_not_reported_as_an_ignored_field(run: Any, served: VllmApp) -
     ]
 
 
-def test_match_logs_nothing_and_says_match(run: Any, served: VllmApp, plugin_logs: Records) -> None:
+def test_match_logs_nothing_and_says_match(run: Any, served: VllmApp, plugin_logs: LoggerRecords) -> None:
     response = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES)))
     assert response.status_code == 200, response.text
     assert response.headers["x-vllm-tokens-verification"] == "match"
@@ -152,7 +155,9 @@ def test_match_logs_nothing_and_says_match(run: Any, served: VllmApp, plugin_log
     assert plugin_logs.messages(logging.WARNING) == []
 
 
-def test_mismatch_logs_one_warning_and_says_where(run: Any, served: VllmApp, plugin_logs: Records) -> None:
+def test_mismatch_logs_one_warning_and_says_where(
+    run: Any, served: VllmApp, plugin_logs: LoggerRecords
+) -> None:
     rendered = served.chat_ids(MESSAGES)
     response = post(run, served, ROUTE, body(served, tokens=drifted(rendered), request_id="drift-1"))
     assert response.status_code == 200, response.text
@@ -346,7 +351,7 @@ def test_prompt_plus_max_tokens_behaves_as_the_stock_route(
 
 
 def test_fast_path_feeds_tokens_says_skipped_and_logs_nothing(
-    run: Any, served: VllmApp, plugin_logs: Records
+    run: Any, served: VllmApp, plugin_logs: LoggerRecords
 ) -> None:
     tokens = drifted(served.chat_ids(MESSAGES))
     payload = body(served, tokens=tokens, return_token_ids=True, **MODES["fast"])
@@ -639,34 +644,59 @@ def test_unpatch_restores_every_original_and_register_reapplies(
     assert fresh.engine.prompts[-1]["prompt_token_ids"] == tokens
 
 
-def test_fail_safe_when_the_render_function_is_unfindable(
-    run: Any, build: Any, monkeypatch: pytest.MonkeyPatch, plugin_logs: Records
-) -> None:
-    from vllm_tokens_patch.adapters import Location, RenderTarget
+ADAPTER = adapters.load(str(compat.choose(vllm.__version__).adapter))
+FRONTEND_MOVE = "frontend-move"
+"""vLLM RFC #54653's layout: vLLM imports the route-hook module under a new name, so a post-import hook on
+the old name never fires. Simulated by hooking a module name nothing imports."""
+FAULTS = [*ADAPTER.targets(), FRONTEND_MOVE]
 
-    adapter = plugin._state.adapter
-    assert adapter is not None
-    module = adapter.render_targets[0].location.module
-    gone = (RenderTarget(Location(module, "OpenAIServingChat.gone"), True),)
+
+def _broken(monkeypatch: pytest.MonkeyPatch, fault: str) -> str:
+    """Make the running adapter look for one target where it is not; return the name it will miss."""
+    cls = type(ADAPTER)
+    if fault == FRONTEND_MOVE:
+        missing = Location("vllm.frontend.openai.chat_completion.api_router", ADAPTER.route_hook.attribute)
+        monkeypatch.setattr(cls, "route_hook", missing)
+        return str(missing)
+    location = ADAPTER.targets()[fault]
+    gone = Location(location.module, location.qualname + "_gone")
+    if fault.startswith("render:"):
+        targets = tuple(
+            dataclasses.replace(t, location=gone) if t.location == location else t
+            for t in ADAPTER.render_targets
+        )
+        monkeypatch.setattr(cls, "render_targets", targets)
+    else:
+        monkeypatch.setattr(cls, fault, gone)
+    return gone.qualname
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_missing_target_gives_501_and_one_error_or_fails_startup_if_strict(
+    run: Any, build: Any, monkeypatch: pytest.MonkeyPatch, plugin_logs: LoggerRecords, fault: str
+) -> None:
+    """Each target removed in turn (and the frontend move): the app still builds, stock chat works, one
+    ERROR line names what is missing, the token route answers 501; strict mode fails start-up instead."""
     vllm_tokens_patch.unpatch()
-    monkeypatch.setattr(type(adapter), "render_targets", gone)
     try:
+        named = _broken(monkeypatch, fault)
         vllm_tokens_patch.register()
         app = build()
         stock = post(run, app, STOCK, body(app))
-        assert stock.status_code == 200
+        assert stock.status_code == 200, stock.text
         response = post(run, app, ROUTE, body(app, tokens=[1, 2, 3]))
-        assert response.status_code == 501
+        assert response.status_code == 501, response.text
         reason = response.json()["error"]["message"]
-        assert vllm.__version__ in reason and "OpenAIServingChat.gone" in reason
+        assert vllm.__version__ in reason and named in reason, reason
         errors = plugin_logs.messages(logging.ERROR)
-        assert len(errors) == 1 and "OpenAIServingChat.gone" in errors[0]
+        assert len(errors) == 1 and named in errors[0], errors
 
         vllm_tokens_patch.unpatch()
         monkeypatch.setenv("VLLM_TOKENS_PATCH_STRICT", "1")
-        vllm_tokens_patch.register()
-        with pytest.raises(plugin.PatchError, match=r"OpenAIServingChat\.gone"):
-            build()
+        with pytest.raises(plugin.PatchError, match=re.escape(named)):
+            vllm_tokens_patch.register()
+            strict_app = build()
+            strict_app.app.build_middleware_stack()  # what the first ASGI call (uvicorn's startup) runs
     finally:
         vllm_tokens_patch.unpatch()
         monkeypatch.undo()

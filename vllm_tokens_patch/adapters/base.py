@@ -97,6 +97,8 @@ class Adapter:
     """vLLM's `ChatCompletionRequest`, which the token-in request model extends."""
     render_targets: ClassVar[tuple[RenderTarget, ...]]
     """The render methods to wrap."""
+    length_check: ClassVar[Location]
+    """What `check_length` calls: this release's own rendered-prompt length check (probed when mounting)."""
     native_reuse: ClassVar[Location | None] = None
     """vLLM's own branch that feeds given ids without rendering `messages` (the fast path), if any."""
     derived_prompt_keys: ClassVar[tuple[str, ...]] = (
@@ -201,6 +203,20 @@ class Adapter:
 
     # --- discovery ----------------------------------------------------------------------------------
 
+    def targets(self) -> dict[str, Location]:
+        """Every location this adapter needs, by role (what `probe`, `doctor` and the canary check)."""
+        named = {
+            "route_hook": self.route_hook,
+            "chat_route": self.chat_route,
+            "json_validator": self.json_validator,
+            "request_base": self.request_base,
+            "length_check": self.length_check,
+        }
+        named.update({f"render:{t.location.attribute}": t.location for t in self.render_targets})
+        if self.native_reuse is not None:
+            named["native_reuse"] = self.native_reuse
+        return named
+
     def probe(self) -> dict[str, Any]:
         """Resolve everything the route needs; raise `AdapterMismatch` naming the first missing piece."""
         found: dict[str, Any] = {
@@ -208,6 +224,7 @@ class Adapter:
             "json_validator": self.json_validator.resolve(),
             "request_base": self.request_base.resolve(),
         }
+        found["length_check"] = self.length_check.resolve()
         if self.native_reuse is not None:
             found["native_reuse"] = self.native_reuse.resolve()
         for target in self.render_targets:

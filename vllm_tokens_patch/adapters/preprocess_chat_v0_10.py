@@ -37,6 +37,8 @@ class PreprocessChatV010(Adapter):
         ),
     )
 
+    length_check = Location(f"{_OPENAI}.serving_chat", "OpenAIServingChat._validate_input")
+
     def app_of(self, args: Sequence[Any], kwargs: dict[str, Any], result: Any) -> Any:
         return result  # build_app(args) returns the app
 

@@ -19,6 +19,7 @@ class RenderChatRequestV015(Adapter):
     render_targets = (
         RenderTarget(Location(f"{_CHAT}.serving", "OpenAIServingChat.render_chat_request"), True),
     )
+    length_check = Location(f"{_CHAT}.serving", "OpenAIServingChat._validate_input")
 
 
 ADAPTER = RenderChatRequestV015()

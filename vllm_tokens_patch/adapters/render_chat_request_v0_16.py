@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from vllm_tokens_patch.adapters.base import RenderContext
+from vllm_tokens_patch.adapters.base import Location, RenderContext
 from vllm_tokens_patch.adapters.render_chat_request_v0_15 import RenderChatRequestV015
 
 
 class RenderChatRequestV016(RenderChatRequestV015):
     name = "render_chat_request_v0_16"
+    length_check = Location(
+        RenderChatRequestV015.request_base.module, "ChatCompletionRequest.build_tok_params"
+    )
 
     def check_length(self, serving: Any, request: Any, tokens: list[int], context: RenderContext) -> None:
         tok_params = request.build_tok_params(serving.model_config)

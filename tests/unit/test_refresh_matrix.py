@@ -1,0 +1,141 @@
+"""tools/refresh_matrix.py's row building on a synthetic matrix (no network)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import matrix_tools  # noqa: E402
+import refresh_matrix  # noqa: E402
+
+from vllm_tokens_patch import compat  # noqa: E402
+
+MATRIX = """\
+# A synthetic matrix.
+#   adapter  module in vllm_tokens_patch/adapters/
+
+ci:
+  vllm: ["0.12.0", "0.26.0", "0.32.0", "0.33.0"]
+  e2e: "0.32.0"
+
+releases:
+  - version: "0.12.0"
+    adapter: "preprocess_chat_v0_10"
+    fast_path: false
+    python: "3.11"
+    cpu_torch: "2.9.1"
+    cpu_wheel: true
+    status:
+      vllm: {"result": "pass", "date": "2026-11-21"}
+  - version: "0.26.0"
+    adapter: "render_chat_request_v0_16"
+    fast_path: false
+    python: "3.12"
+    cpu_torch: "2.11.0"
+    cpu_wheel: true
+    status:
+      vllm: {"result": "pass", "date": "2026-11-21"}
+  - version: "0.32.0"
+    adapter: "render_chat_request_v0_27"
+    fast_path: true
+    python: "3.12"
+    cpu_torch: "2.13.0"
+    cpu_wheel: true
+    status:
+      vllm: {"result": "pass", "date": "2026-11-21"}
+  - version: "0.33.0"
+    adapter: "render_chat_request_v0_27"
+    fast_path: true
+    python: "3.12"
+    cpu_torch: null
+    cpu_wheel: false
+    status:
+      vllm: {"result": "pass", "date": "2026-11-21"}
+"""
+
+
+def data() -> dict:
+    return yaml.safe_load(MATRIX)
+
+
+def test_the_synthetic_matrix_is_canonical() -> None:
+    assert matrix_tools.dump(data(), matrix_tools._header(MATRIX)) == MATRIX
+
+
+def test_newer_releases_are_final_and_oldest_first() -> None:
+    available = ["0.35.0", "0.34.1rc1", "0.34.0", "0.34.0.post1", "0.33.0", "0.32.0", "0.10.1.1"]
+    assert refresh_matrix.newer_releases(data(), available) == ["0.34.0", "0.35.0"]
+    assert refresh_matrix.newer_releases(data(), ["0.33.0", "0.32.0"]) == []
+
+
+def test_adapters_are_tried_newest_first() -> None:
+    assert refresh_matrix.adapters_newest_first(data()) == [
+        "render_chat_request_v0_27",
+        "render_chat_request_v0_16",
+        "preprocess_chat_v0_10",
+    ]
+
+
+def test_a_row_takes_the_newest_python_and_the_adapters_fast_path() -> None:
+    row = refresh_matrix.build_row(data(), "0.34.0", "render_chat_request_v0_27", (True, "2.14.0"))
+    assert row == {
+        "version": "0.34.0",
+        "adapter": "render_chat_request_v0_27",
+        "fast_path": True,
+        "python": "3.12",
+        "cpu_torch": "2.14.0",
+        "cpu_wheel": True,
+    }
+    row = refresh_matrix.build_row(data(), "0.34.0", "render_chat_request_v0_16", (False, None))
+    assert row["fast_path"] is False and row["cpu_wheel"] is False and row["cpu_torch"] is None
+    assert "status" not in row
+
+
+def test_refresh_appends_rows_in_the_canonical_layout() -> None:
+    rows = [
+        refresh_matrix.build_row(data(), "0.35.0", "render_chat_request_v0_27", (False, None)),
+        refresh_matrix.build_row(data(), "0.34.0", "render_chat_request_v0_27", (True, "2.14.0")),
+    ]
+    text = refresh_matrix.refresh_text(MATRIX, rows)
+    assert text.startswith(MATRIX.split("\nci:")[0])  # the header comments are kept
+    assert text.split("\nreleases:")[1].startswith(MATRIX.split("\nreleases:")[1])  # old rows untouched
+    assert text.endswith(
+        '  - version: "0.34.0"\n'
+        '    adapter: "render_chat_request_v0_27"\n'
+        "    fast_path: true\n"
+        '    python: "3.12"\n'
+        '    cpu_torch: "2.14.0"\n'
+        "    cpu_wheel: true\n"
+        "    status:\n"
+        '  - version: "0.35.0"\n'
+        '    adapter: "render_chat_request_v0_27"\n'
+        "    fast_path: true\n"
+        '    python: "3.12"\n'
+        "    cpu_torch: null\n"
+        "    cpu_wheel: false\n"
+        "    status:\n"
+    )
+    assert matrix_tools.dump(yaml.safe_load(text), matrix_tools._header(text)) == text  # stays canonical
+    matrix = compat.parse_matrix(text)
+    new = matrix.release("0.35.0")
+    assert new is not None and new.status == {} and new.adapter == "render_chat_request_v0_27"
+    assert matrix.newest_supported.version == "0.35.0"
+    # The new newest release replaces the old newest in the CI set (0.32.0 still represents the adapter).
+    assert matrix.ci_versions == ("0.12.0", "0.26.0", "0.32.0", "0.35.0")
+    assert compat.choose("0.35.0", matrix).tested
+
+
+def test_the_old_newest_stays_in_ci_when_it_is_its_adapters_only_one() -> None:
+    text = MATRIX.replace('vllm: ["0.12.0", "0.26.0", "0.32.0", "0.33.0"]', 'vllm: ["0.12.0", "0.26.0"]')
+    rows = [refresh_matrix.build_row(data(), "0.34.0", "render_chat_request_v0_27", (False, None))]
+    matrix = compat.parse_matrix(refresh_matrix.refresh_text(text, rows))
+    assert matrix.ci_versions == ("0.12.0", "0.26.0", "0.34.0")
+
+
+def test_nothing_newer_changes_nothing() -> None:
+    assert refresh_matrix.refresh_text(MATRIX, []) == MATRIX
