@@ -465,11 +465,13 @@ SPLICE_CASES = {
 }
 
 
-def rendered(app: VllmApp, messages: list[dict[str, Any]], generation_prompt: bool) -> list[int]:
-    text = app.tokenizer.apply_chat_template(
-        messages, add_generation_prompt=generation_prompt, tokenize=False
-    )
-    return list(app.tokenizer.encode(text, add_special_tokens=False))
+def rendered(run: Any, app: VllmApp, messages: list[dict[str, Any]], generation_prompt: bool) -> list[int]:
+    """What this vLLM renders for `messages` (its `/tokenize`): how it passes tool calls to the template
+    differs between releases, so the splice is held to vLLM's own render, not to a local one."""
+    payload = {"model": app.args.model, "messages": messages, "add_generation_prompt": generation_prompt}
+    response = post(run, app, "/tokenize", payload)
+    assert response.status_code == 200, response.text
+    return list(response.json()["tokens"])
 
 
 def special_id(app: VllmApp, token: str) -> int:
@@ -483,7 +485,7 @@ def test_splice_feeds_prefix_plus_the_templates_bridge(
 ) -> None:
     """The tiny ChatML template is append-only: with no drift, prefix + bridge is the full render."""
     history, new = SPLICE_CASES[case]
-    so_far = rendered(served, history, False)  # ... <|im_end|> \n
+    so_far = rendered(run, served, history, False)  # ... <|im_end|> \n
     im_end, stop = special_id(served, "<|im_end|>"), special_id(served, "<|endoftext|>")
     assert so_far[-2] == im_end
     prefix = {
@@ -491,7 +493,7 @@ def test_splice_feeds_prefix_plus_the_templates_bridge(
         "truncated": so_far[:-2],  # finish_reason "length": no stop id at all
         "other-stop-id": [*so_far[:-2], stop],  # a stop id that begins neither the close nor a turn
     }[ending]
-    full = rendered(served, [*history, *new], True)
+    full = rendered(run, served, [*history, *new], True)
     payload = body(served, [*history, *new], prefix_tokens=prefix, return_token_ids=True, tools=TOOLS, **mode)
     response = post(run, served, ROUTE, payload)
     assert response.status_code == 200, response.text
@@ -511,9 +513,9 @@ def test_splice_feeds_prefix_plus_the_templates_bridge(
 
 def test_splice_keeps_a_drifted_prefix_verbatim(run: Any, served: VllmApp, mode: dict[str, Any]) -> None:
     history, new = SPLICE_CASES["user-turn"]
-    so_far = rendered(served, history, False)
+    so_far = rendered(run, served, history, False)
     prefix = [*drifted(so_far[:-2]), so_far[-2]]  # what was sampled differs from a re-render of the text
-    full = rendered(served, [*history, *new], True)
+    full = rendered(run, served, [*history, *new], True)
     response = post(run, served, ROUTE, body(served, [*history, *new], prefix_tokens=prefix, **mode))
     assert response.status_code == 200, response.text
     engine_ids = served.engine.prompts[-1]["prompt_token_ids"]
@@ -523,18 +525,18 @@ def test_splice_keeps_a_drifted_prefix_verbatim(run: Any, served: VllmApp, mode:
 
 def test_splice_streams_the_spliced_prompt_ids(run: Any, served: VllmApp, mode: dict[str, Any]) -> None:
     history, new = SPLICE_CASES["user-turn"]
-    prefix = rendered(served, history, False)[:-1]
+    prefix = rendered(run, served, history, False)[:-1]
     extra = {"stream": True, "return_token_ids": True, **mode}
     response = post(run, served, ROUTE, body(served, [*history, *new], prefix_tokens=prefix, **extra))
     assert response.status_code == 200, response.text
     assert SPLICE_HEADER in response.headers
     events = parse_sse(response.text)
-    assert events[0]["prompt_token_ids"] == rendered(served, [*history, *new], True)
+    assert events[0]["prompt_token_ids"] == rendered(run, served, [*history, *new], True)
 
 
 def test_splice_continues_the_final_message_verbatim(run: Any, served: VllmApp, mode: dict[str, Any]) -> None:
     history, _ = SPLICE_CASES["user-turn"]
-    prefix = rendered(served, history, False)[:-2]  # a truncated answer the model should go on with
+    prefix = rendered(run, served, history, False)[:-2]  # a truncated answer the model should go on with
     extra = {"continue_final_message": True, "add_generation_prompt": False, **mode}
     response = post(run, served, ROUTE, body(served, history, prefix_tokens=prefix, **extra))
     assert response.status_code == 200, response.text
