@@ -68,6 +68,8 @@ class _State:
     request_model: type[Any] | None = None
     patches: list[_Patch] = field(default_factory=list)
     mounted: list[tuple[weakref.ref[Any], Any]] = field(default_factory=list)
+    checked: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
+    """Apps the serving check has seen."""
     logged: set[str] = field(default_factory=set)
 
 
@@ -192,33 +194,49 @@ def _wrap_route_hook(adapter: Adapter, module: Any) -> None:
 
 
 def _watch_serving(fastapi_class: Any) -> None:
-    """Check every app as it starts serving (Starlette builds the middleware stack on the first ASGI call,
-    the lifespan startup under uvicorn): a vLLM chat app without our route means the route hook never ran
-    (moved, renamed, or imported under another name), which must not pass silently."""
-    attribute = "build_middleware_stack"
+    """Check every app at its first ASGI call (the lifespan startup under uvicorn, else the first request):
+    a vLLM chat app without our route means the route hook never ran (moved, renamed, or imported under
+    another module name), which must not pass silently. Later calls cost one set lookup."""
+    attribute = "__call__"
     inherited = attribute not in vars(fastapi_class)
     original = getattr(fastapi_class, attribute) if inherited else vars(fastapi_class)[attribute]
     if isinstance(original, PatchWrapper):
         return
 
-    def on_serve(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        _ensure_route(instance)
+    def on_call(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if instance not in _state.checked:
+            _ensure_route(instance)
         return wrapped(*args, **kwargs)
 
-    setattr(fastapi_class, attribute, PatchWrapper(original, on_serve))
+    setattr(fastapi_class, attribute, PatchWrapper(original, on_call))
     _state.patches.append(_Patch(fastapi_class, attribute, original, inherited))
 
 
 STOCK_CHAT_PATH = "/v1/chat/completions"
 
 
+def _serves(routes: Any, path: str) -> bool:
+    """Whether `path` is routed, also inside mounts and included routers (newer FastAPI keeps those as
+    `_IncludedRouter` entries holding the `original_router`)."""
+    for route in routes:
+        if getattr(route, "path", None) == path:
+            return True
+        nested = getattr(route, "routes", None) or getattr(
+            getattr(route, "original_router", None), "routes", None
+        )
+        if nested and _serves(nested, path):
+            return True
+    return False
+
+
 def _ensure_route(app: Any) -> None:
     """Mount the 501 route (and say why, once) on a vLLM chat app that is about to serve without ours."""
     with _lock:
+        _state.checked.add(app)
         adapter = _state.adapter
         if adapter is None or any(ref() is app for ref, _ in _state.mounted):
             return
-        if not any(getattr(r, "path", None) == STOCK_CHAT_PATH for r in getattr(app, "routes", ())):
+        if not _serves(getattr(app, "routes", ()), STOCK_CHAT_PATH):
             return  # not vLLM's chat app (render-only server, another app in the process)
         current = settings.current()
         reason = _state.failure or (

@@ -25,7 +25,8 @@ so one implementation serves vLLM's async and sync render methods and the templa
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+import copy
+from collections.abc import Generator, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -80,6 +81,17 @@ def _field(message: Any, name: str) -> Any:
     return message.get(name) if isinstance(message, Mapping) else getattr(message, name, None)
 
 
+def _materialized(message: Any) -> Any:
+    """Turn one-shot iterables in a message (pydantic validates the OpenAI types' `Iterable[...]` fields,
+    e.g. `tool_calls` and content parts, into lazy iterators) into lists, in place: the stand-ins copy
+    them, and a copy would exhaust what the request's own render must still read."""
+    if isinstance(message, MutableMapping):
+        for key, value in message.items():
+            if isinstance(value, Iterator):
+                message[key] = list(value)
+    return message
+
+
 def common_suffix_length(left: Sequence[int], right: Sequence[int]) -> int:
     length = 0
     for a, b in zip(reversed(left), reversed(right), strict=False):
@@ -132,7 +144,9 @@ def _seam(
 ) -> Generator[RenderAsk, list[int], list[int]]:
     renders = []
     for content in STAND_IN_CONTENTS:
-        messages = [*context, _assistant(content, tool_calls), *new]
+        # Fresh copies each time: vLLM may edit the messages it renders in place (0.15-0.18 rewrite an
+        # assistant's tool calls), and the request's own messages must reach its own render untouched.
+        messages = copy.deepcopy([*context, _assistant(content, tool_calls), *new])
         renders.append((yield RenderAsk(messages, add_generation_prompt)))
     return _after_content(*renders)
 
@@ -192,7 +206,7 @@ def plan(
             "`prefix_tokens` needs an assistant message in `messages`: the messages after the last one are "
             "the new turn (send `tokens` for a first turn)"
         )
-    new = list(messages[assistants[-1] + 1 :])
+    new = [_materialized(message) for message in messages[assistants[-1] + 1 :]]
     if not new:
         if continue_final_message:  # the model resumes its own turn, e.g. after a truncation
             return Splice(len(prefix), [], "none")
@@ -202,9 +216,9 @@ def plan(
         )
     if continue_final_message:
         raise SpliceError("`continue_final_message` needs `messages` to end with the assistant message")
-    context = [dict(messages[0])] if _role(messages[0]) == "system" else []
+    context = [dict(_materialized(messages[0]))] if _role(messages[0]) == "system" else []
     context.append(dict(STAND_IN_USER))
-    calls = _field(messages[assistants[-1]], "tool_calls") or None
+    calls = _field(_materialized(messages[assistants[-1]]), "tool_calls") or None
     try:
         seam: list[int] | None = yield from _seam(context, new, add_generation_prompt, None)
     except RenderRefused as plain_refused:

@@ -466,12 +466,13 @@ SPLICE_CASES = {
 
 
 def rendered(run: Any, app: VllmApp, messages: list[dict[str, Any]], generation_prompt: bool) -> list[int]:
-    """What this vLLM renders for `messages` (its `/tokenize`): how it passes tool calls to the template
-    differs between releases, so the splice is held to vLLM's own render, not to a local one."""
-    payload = {"model": app.args.model, "messages": messages, "add_generation_prompt": generation_prompt}
-    response = post(run, app, "/tokenize", payload)
+    """What this vLLM's own chat route feeds the engine for `messages` (with the tools the splice requests
+    carry): how a release passes tool calls to the template differs, even between its own routes (0.15-0.18
+    render them differently for `/tokenize`), so the splice is held to the stock chat route's render."""
+    payload = body(app, messages, tools=TOOLS, max_tokens=1, add_generation_prompt=generation_prompt)
+    response = post(run, app, STOCK, payload)
     assert response.status_code == 200, response.text
-    return list(response.json()["tokens"])
+    return list(app.engine.prompts[-1]["prompt_token_ids"])
 
 
 def special_id(app: VllmApp, token: str) -> int:
@@ -698,7 +699,8 @@ def test_a_missing_target_gives_501_and_one_error_or_fails_startup_if_strict(
         with pytest.raises(plugin.PatchError, match=re.escape(named)):
             vllm_tokens_patch.register()
             strict_app = build()
-            strict_app.app.build_middleware_stack()  # what the first ASGI call (uvicorn's startup) runs
+            lifespan = {"type": "lifespan", "asgi": {"version": "3.0"}}
+            strict_app.app(lifespan, None, None)  # uvicorn's start-up: the app's first ASGI call
     finally:
         vllm_tokens_patch.unpatch()
         monkeypatch.undo()
