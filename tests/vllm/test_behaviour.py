@@ -7,8 +7,11 @@ the plugin was loaded by vLLM through its entry point while the engine args were
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,9 @@ def body(app: VllmApp, messages: list[dict[str, Any]] = MESSAGES, **fields: Any)
 def post(run: Any, app: VllmApp, path: str, payload: dict[str, Any], **kwargs: Any) -> Any:
     return run(app.client.post(path, json=payload, **kwargs))
 
+
+ADAPTER = adapters.load(str(compat.choose(vllm.__version__).adapter))
+"""The adapter this release runs (the suite checks it against the matrix)."""
 
 MODES = {"default": {}, "fast": {"vllm_tokens_patch_verify": False}}
 """Every parity test runs in both modes: compared with the render (default) and the fast path (no
@@ -591,6 +597,49 @@ def test_api_key_is_required(run: Any, served: VllmApp) -> None:
     assert allowed.status_code == 200
 
 
+# --- doctor ---------------------------------------------------------------------------------------------
+
+
+def test_doctor_reports_this_release_in_a_fresh_process() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "vllm_tokens_patch", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(done.stdout[done.stdout.index("{") :])
+    row = matrix_row()
+    assert (report["vllm_version"], report["adapter"], report["tested"]) == (
+        vllm.__version__,
+        row.adapter,
+        True,
+    )
+    assert report["fast_path"] is row.fast_path and report["ok"] is True
+    assert report["matrix_status"] == row.status
+    checks = {check["name"]: check for check in report["checks"]}
+    assert {f"target {role}" for role in ADAPTER.targets()} <= set(checks)
+    assert all(checks[f"target {role}"]["ok"] for role in ADAPTER.targets())
+    assert (
+        checks["entry point"]["ok"] and "vllm_tokens_patch.plugin:register" in checks["entry point"]["detail"]
+    )
+    expected_mount = True if ADAPTER.route_hook.attribute == "attach_router" else None  # era A/B: not checked
+    assert checks["route mounts"]["ok"] is expected_mount, checks["route mounts"]
+
+
+def test_doctor_names_a_missing_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vllm_tokens_patch import doctor
+
+    renamed = dataclasses.replace(ADAPTER.render_targets[0].location, qualname="OpenAIServingChat.gone")
+    targets = (dataclasses.replace(ADAPTER.render_targets[0], location=renamed), *ADAPTER.render_targets[1:])
+    monkeypatch.setattr(type(ADAPTER), "render_targets", targets)
+    report = doctor.report()
+    assert not report.ok
+    failed = [check for check in report.checks if check.ok is False]
+    assert len(failed) == 1 and "OpenAIServingChat.gone" in failed[0].detail, failed
+    assert "doctor: problems found" in doctor.as_text(report)
+
+
 # --- patch lifecycle (these rebuild apps; keep them last) -------------------------------------------------
 
 
@@ -647,7 +696,6 @@ def test_unpatch_restores_every_original_and_register_reapplies(
     assert fresh.engine.prompts[-1]["prompt_token_ids"] == tokens
 
 
-ADAPTER = adapters.load(str(compat.choose(vllm.__version__).adapter))
 FRONTEND_MOVE = "frontend-move"
 """vLLM RFC #54653's layout: vLLM imports the route-hook module under a new name, so a post-import hook on
 the old name never fires. Simulated by hooking a module name nothing imports."""

