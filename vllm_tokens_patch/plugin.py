@@ -172,6 +172,9 @@ def _fail(reason: str, current: settings.Settings | None = None, *, serving: boo
 
 
 def _wrap_route_hook(adapter: Adapter, module: Any) -> None:
+    # An alias shim at the hook's module path (vLLM's planned `vllm/frontend` move) replaces its own
+    # `sys.modules` entry with the real module: patch that one, the object vLLM's own imports get.
+    module = sys.modules.get(getattr(module, "__name__", ""), module)
     attribute = adapter.route_hook.attribute
     original = getattr(module, attribute, None)
     if original is None:

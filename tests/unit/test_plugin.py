@@ -130,6 +130,27 @@ def test_hooks_wait_for_the_chat_module_then_serve_tokens(fake_vllm: Path) -> No
     assert response.headers["x-vllm-tokens-first-mismatch"] == "2"
 
 
+def test_an_alias_shim_at_the_hook_path_patches_the_real_module(fake_vllm: Path) -> None:
+    """The `vllm/frontend` move leaves `sys.modules` alias shims at the old paths: the shim module object
+    the import hook is handed has no `attach_router`; the module vLLM really uses does."""
+    real = fake_vllm / "vllm" / "frontend" / "chat_completion" / "api_router.py"
+    real.parent.mkdir(parents=True)
+    (real.parent.parent / "__init__.py").write_text("")
+    (real.parent / "__init__.py").write_text("")
+    old = fake_vllm / "vllm" / "entrypoints" / "openai" / "chat_completion" / "api_router.py"
+    real.write_text(old.read_text())
+    old.write_text(
+        "import importlib, sys\n"
+        "sys.modules[__name__] = importlib.import_module('vllm.frontend.chat_completion.api_router')\n"
+    )
+    plugin.register()
+    app = build_app()  # imports the old path, as vLLM's own code did before the move
+    new = importlib.import_module("vllm.frontend.chat_completion.api_router")
+    assert isinstance(new.attach_router, plugin.PatchWrapper)
+    assert plugin.status()["failure"] is None
+    assert call(app, PAYLOAD).status_code == 200
+
+
 def test_register_is_idempotent_and_unpatch_restores(fake_vllm: Path) -> None:
     router = importlib.import_module(f"{CHAT}.api_router")
     serving = importlib.import_module(f"{CHAT}.serving").OpenAIServingChat
