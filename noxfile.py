@@ -1,10 +1,16 @@
+# /// script
+# dependencies = ["nox>=2025.2.9", "PyYAML>=5.4", "packaging>=21"]
+# ///
 """Test sessions, generated from compat_matrix.yaml (the single source of truth).
 
 nox -s unit                 version-free logic, no vLLM installed (seconds)
 nox -s lint                 ruff
 nox -s typecheck            mypy --strict on the package
 nox -s vllm-0.33.0          the behaviour suite on vLLM 0.33.0's real app with a fake engine
-nox -t ci                   what .ci/run runs: unit, lint and the representative vllm-<X> set
+nox -t ci                   what .ci/run runs: unit, families, lint, typecheck, the CI vllm-<X> set, one e2e
+
+The script block above lets a bare `pip install nox uv` run this file: nox installs what the noxfile
+itself imports (PyYAML, packaging: it reads compat_matrix.yaml) into .nox/_nox_script_mode first.
 nox -t matrix               every supported release (heavy: ~4 GB per torch version, see README)
 nox -s record               write the results of the sessions run into compat_matrix.yaml
 nox -s matrix-table         regenerate the README compatibility table from compat_matrix.yaml
