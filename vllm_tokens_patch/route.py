@@ -9,13 +9,13 @@ Imported only in processes that build an HTTP app.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.routing import BaseRoute
 
@@ -98,6 +98,63 @@ async def parse_request(request_model: type[Any], raw_request: Request) -> Any:
         raise RequestValidationError(errors, body=data) from None
 
 
+def _stream_error(chunk: Any) -> tuple[dict[str, Any], int] | None:
+    """vLLM's error event (`data: {"error": {...}}`, or a bare `ErrorResponse` in older releases), if
+    `chunk` is one: the body and its status code."""
+    text = chunk.decode("utf-8", "replace") if isinstance(chunk, bytes | bytearray) else str(chunk)
+    if not text.startswith("data: {"):
+        return None
+    try:
+        body = json.loads(text[len("data: ") :])
+    except ValueError:
+        return None
+    if not isinstance(body, dict):
+        return None
+    nested = body.get("error")
+    if isinstance(nested, dict):
+        info: dict[str, Any] = nested
+    elif body.get("object") == "error":
+        info = body
+    else:
+        return None
+    code = info.get("code")
+    return body, code if isinstance(code, int) and 400 <= code < 600 else int(
+        HTTPStatus.INTERNAL_SERVER_ERROR
+    )
+
+
+async def refuse_failed_stream(response: StreamingResponse) -> Response:
+    """Wait for the stream's first event before committing to HTTP 200: if vLLM's first event is an error
+    (inputs only its engine checks, e.g. an out-of-vocabulary `logit_bias`), answer with its status and
+    vLLM's JSON error body instead. Nothing is buffered after the first event, and closing the stream
+    (client gone) still closes vLLM's generator, which aborts the request."""
+    events = aiter(response.body_iterator)
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        return response
+    refused = _stream_error(first)
+    if refused is not None:
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
+        body, status = refused
+        return JSONResponse(content=body, status_code=status)
+
+    async def replay() -> AsyncIterator[Any]:
+        try:
+            yield first
+            async for event in events:
+                yield event
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+
+    response.body_iterator = replay()
+    return response
+
+
 def build_tokens_endpoint(chat_route: Endpoint, request_model: type[Any], make_error: ErrorMaker) -> Endpoint:
     """The route function. It parses the body itself (`parse_request`) rather than through a typed FastAPI
     parameter: the id lists are most of the body, and decoding them is most of what the route costs."""
@@ -111,6 +168,8 @@ def build_tokens_endpoint(chat_route: Endpoint, request_model: type[Any], make_e
                 make_error, raw_request, message, param, HTTPStatus.BAD_REQUEST, "BadRequestError"
             )
         response = as_response(await chat_route(request, raw_request))
+        if isinstance(response, StreamingResponse):
+            response = await refuse_failed_stream(response)
         set_verification_headers(response, request._tokens_verification)
         if request._tokens_splice is not None and isinstance(response, Response):
             response.headers[SPLICE_HEADER] = request._tokens_splice.header_value()

@@ -215,6 +215,37 @@ def test_bad_input_is_4xx_before_any_stream(server: VllmServer, model: Path, fie
     assert post(f"{server.url}/v1/chat/completions/tokens", json=ok, headers=AUTH).status_code == 200
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"logit_bias": {"999999": 5}},
+        {"logprobs": True, "top_logprobs": 100},
+        {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "nonsense"}},
+            }
+        },
+    ],
+    ids=["logit-bias-past-vocabulary", "top-logprobs-100", "invalid-json-schema"],
+)
+def test_inputs_only_the_engine_checks_are_4xx_before_any_stream(
+    server: VllmServer, model: Path, fields: dict[str, Any]
+) -> None:
+    """The stock route streams HTTP 200 and then an error event for these; the token route answers the
+    error itself, with vLLM's body and status."""
+    body = {"model": str(model), "messages": MESSAGES, "max_tokens": 4, "stream": True, **fields}
+    response = post(
+        f"{server.url}/v1/chat/completions/tokens",
+        json={**body, "tokens": tokenize(server, model)},
+        headers=AUTH,
+    )
+    assert 400 <= response.status_code < 500, response.text
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    assert response.json()["error"]["message"]
+    assert server.healthy()
+
+
 def test_two_api_servers_both_serve_the_route(multi_server: VllmServer, model: Path) -> None:
     client = TokenChatClient(f"{multi_server.url}/v1", str(model))
     tokens = list(

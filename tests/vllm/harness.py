@@ -73,6 +73,9 @@ class Script:
     token_ids: list[int] = field(default_factory=list)
     """Empty: the tokenizer's encoding of `text`."""
     finish_reason: str = "stop"
+    error: str | None = None
+    """Raise `ValueError(error)` instead of the first output, as vLLM's engine does for inputs only it
+    checks (e.g. an out-of-vocabulary `logit_bias` id)."""
 
 
 def _output_objects(
@@ -223,6 +226,8 @@ class FakeEngineMixin:
         self.prompts.append(prompt)
         self.sampling_params.append(sampling_params)
         script = self.script
+        if script.error is not None:
+            raise ValueError(script.error)
         token_ids = script.token_ids or self.tokenizer.encode(script.text, add_special_tokens=False)
         max_tokens = getattr(sampling_params, "max_tokens", None)
         finish_reason = script.finish_reason

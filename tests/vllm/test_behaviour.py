@@ -306,6 +306,24 @@ def test_bad_input_is_a_4xx_json_error_before_any_stream(
     assert healthy.status_code == 200, healthy.text
 
 
+def test_an_engine_error_before_the_first_event_is_a_4xx_not_a_failed_stream(
+    run: Any, served: VllmApp, mode: dict[str, Any]
+) -> None:
+    """vLLM's stock route answers HTTP 200 and an error event for what only its engine checks; the token
+    route waits for the first event and answers vLLM's error body with its status instead."""
+    served.engine.script = Script(text="unused", error="logit_bias token id 99999 is out of vocabulary")
+    try:
+        stock = post(run, served, STOCK, body(served, stream=True))
+        ours = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES), stream=True, **mode))
+    finally:
+        served.engine.script = Script(text="Hello there")
+    stock_events = parse_sse(stock.text)
+    assert stock.status_code == 200 and "out of vocabulary" in json.dumps(stock_events[0]), stock.text
+    assert ours.status_code == 400, ours.text
+    assert ours.headers["content-type"].startswith("application/json")
+    assert ours.json() == stock_events[0], "vLLM's own error body, with its own status"
+
+
 def test_too_long_says_maximum_context_length(run: Any, served: VllmApp, mode: dict[str, Any]) -> None:
     response = post(run, served, ROUTE, body(served, tokens=[1] * (MAX_MODEL_LEN + 1), stream=True, **mode))
     assert response.status_code == 400
