@@ -86,10 +86,8 @@ def test_ids_agree_everywhere_and_completions_match(server: VllmServer, model: P
 def test_fast_path_feeds_the_same_ids_and_samples_the_same(server: VllmServer, model: Path) -> None:
     """A real engine: the fast path (no render where this vLLM has the native branch) samples exactly what
     the default mode samples for the same ids, and says `skipped`."""
-    tokens = post(
-        f"{server.url}/tokenize", json={"model": str(model), "messages": MESSAGES}, headers=AUTH
-    ).json()["tokens"]
-    params = {"model": str(model), "messages": MESSAGES, "temperature": 0, "max_tokens": 16}
+    tokens = tokenize(server, model)
+    params = {"model": str(model), "messages": MESSAGES, "temperature": 0, "max_tokens": 16, "logprobs": True}
     answers = {}
     for mode, switch in (("default", {}), ("fast", {"vllm_tokens_patch_verify": False})):
         response = post(
@@ -104,6 +102,8 @@ def test_fast_path_feeds_the_same_ids_and_samples_the_same(server: VllmServer, m
     assert fast["prompt_token_ids"] == default["prompt_token_ids"] == tokens
     assert fast["choices"][0]["token_ids"] == default["choices"][0]["token_ids"]
     assert fast["choices"][0]["message"] == default["choices"][0]["message"]
+    assert fast["choices"][0]["logprobs"]["content"], "what verifiers' token client reads"
+    assert fast["choices"][0]["logprobs"]["content"], "what verifiers' token client reads"
 
 
 def tokenize(server: VllmServer, model: Path, messages: list[dict[str, Any]] = MESSAGES) -> list[int]:

@@ -306,6 +306,45 @@ def test_bad_input_is_a_4xx_json_error_before_any_stream(
     assert healthy.status_code == 200, healthy.text
 
 
+def test_verifiers_token_client_request_shape(run: Any, served: VllmApp) -> None:
+    """What verifiers' token client sends on turns after the first (`tools: null`, assistant messages with
+    `tool_calls: null, reasoning_content: null`, `max_completion_tokens`), and what it reads. (It also sends
+    `logprobs: true`, which the fake engine cannot sample; e2e serves it for real.)"""
+    history = [
+        *MESSAGES,
+        {"role": "assistant", "content": "Fine.", "tool_calls": None, "reasoning_content": None},
+        {"role": "user", "content": "Tell me more."},
+    ]
+    tokens = served.chat_ids(history)
+    payload = {
+        "model": served.args.model,
+        "messages": history,
+        "tools": None,
+        "tokens": tokens,
+        "max_completion_tokens": 8,
+        "return_token_ids": True,
+        "temperature": 1.0,
+    }
+    response = post(run, served, ROUTE, payload)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["prompt_token_ids"] == tokens
+    choice = answer["choices"][0]
+    assert choice["token_ids"] and choice["finish_reason"] in {"stop", "length"}
+    too_long = post(run, served, ROUTE, {**payload, "tokens": [1] * (MAX_MODEL_LEN + 1)})
+    assert too_long.status_code == 400 and "maximum context length" in too_long.text  # ends a rollout cleanly
+
+
+def test_prime_rl_teacher_logprob_request_shape(run: Any, served: VllmApp) -> None:
+    """prime-rl's teacher-logprob call: an empty user message, `prompt_logprobs`, `max_tokens: 1`."""
+    tokens = served.chat_ids(MESSAGES)
+    payload = body(served, [{"role": "user", "content": ""}], tokens=tokens, prompt_logprobs=1, max_tokens=1)
+    response = post(run, served, ROUTE, payload)
+    assert response.status_code == 200, response.text
+    assert served.engine.prompts[-1]["prompt_token_ids"] == tokens
+    assert served.engine.sampling_params[-1].prompt_logprobs == 1
+
+
 def test_an_engine_error_before_the_first_event_is_a_4xx_not_a_failed_stream(
     run: Any, served: VllmApp, mode: dict[str, Any]
 ) -> None:
