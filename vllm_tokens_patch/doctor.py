@@ -97,14 +97,14 @@ def _mounts(report: Report, adapter: Adapter, route_path: str) -> None:
         return
     from fastapi import FastAPI
 
-    from vllm_tokens_patch import plugin
+    from vllm_tokens_patch import mounting, plugin
 
     registered_here = not plugin.status()["registered"]
     plugin.register()
     try:
         app = FastAPI()
         adapter.route_hook.resolve()(app)
-        mounted = plugin._serves(app.routes, route_path)
+        mounted = mounting.serves(app.routes, route_path)
         failure = plugin.status()["failure"]
     except Exception as exc:  # the check itself must report, not crash
         report.add("route mounts", False, f"{type(exc).__name__}: {exc}")

@@ -14,13 +14,15 @@ import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import wrapt
 
-from vllm_tokens_patch import compat, settings
-from vllm_tokens_patch.adapters import Adapter, AdapterMismatch, RenderTarget, load
-from vllm_tokens_patch.tokens import TokensSwap
+from vllm_tokens_patch import compat, mounting, settings
+from vllm_tokens_patch.adapters import Adapter, load
+from vllm_tokens_patch.patches import Patch, PatchWrapper
+
+__all__ = ["PatchError", "PatchWrapper", "installed_vllm_version", "register", "status", "unpatch"]
 
 logger = logging.getLogger("vllm.tokens_patch")
 
@@ -32,55 +34,59 @@ class PatchError(RuntimeError):
     """Raised (only in strict mode) when the patch cannot apply to the installed vLLM."""
 
 
-if TYPE_CHECKING:
-    _FunctionWrapper = wrapt.FunctionWrapper[..., Any]
-else:  # wrapt < 2 has no generic FunctionWrapper at runtime
-    _FunctionWrapper = wrapt.FunctionWrapper
-
-
-class PatchWrapper(_FunctionWrapper):
-    """Our wrappers, told apart by type (wrapt forwards attribute writes to the wrapped function)."""
-
-
 @dataclass
-class _Patch:
-    """One attribute we replaced, with what to put back (or delete, if the owner only inherited it)."""
+class State:
+    """What the plugin did in this process; `unpatch()` replaces it with a fresh one, so import hooks
+    registered before that (they hold the old state) find they are stale and do nothing."""
 
-    owner: Any
-    attribute: str
-    original: Any
-    inherited: bool = False
-
-    def undo(self) -> None:
-        if self.inherited:
-            delattr(self.owner, self.attribute)
-        else:
-            setattr(self.owner, self.attribute, self.original)
-
-
-@dataclass
-class _State:
-    generation: int = 0
     registered: bool = False
     vllm_version: str | None = None
     adapter: Adapter | None = None
     failure: str | None = None
     request_model: type[Any] | None = None
-    patches: list[_Patch] = field(default_factory=list)
+    patches: list[Patch] = field(default_factory=list)
     mounted: list[tuple[weakref.ref[Any], Any]] = field(default_factory=list)
+    """(app, the route added to it)."""
     checked: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
     """Apps the serving check has seen."""
     logged: set[str] = field(default_factory=set)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def log_once(self, level: int, message: str) -> None:
+        if message not in self.logged:
+            self.logged.add(message)
+            logger.log(level, message)
+
+    def fail(self, reason: str, current: settings.Settings | None = None, *, serving: bool = True) -> None:
+        """Record why the patch is off; log it once (only where HTTP is served); raise if strict."""
+        self.failure = reason
+        if current is not None and current.strict:
+            raise PatchError(reason)
+        if serving:
+            self.log_once(logging.ERROR, reason)
+
+    def record(self, patch: Patch | None) -> None:
+        if patch is not None:
+            self.patches.append(patch)
+
+    def is_mounted(self, app: Any) -> bool:
+        return any(ref() is app for ref, _ in self.mounted)
+
+    def request_model_for(self, base: type[Any]) -> type[Any]:
+        """The token-in request class: vLLM's `ChatCompletionRequest` plus `tokens` (built once per base)."""
+        if self.request_model is None or self.request_model.__mro__[1] is not base:
+            from vllm_tokens_patch.request import build_request_model
+
+            self.request_model = build_request_model(base)
+        return self.request_model
+
+    def is_tokens_request(self, request: Any) -> bool:
+        """The gate: only our request class, never a stock request with a stray `tokens` field."""
+        model = self.request_model
+        return model is not None and isinstance(request, model)
 
 
-_lock = threading.RLock()
-_state = _State()
-
-
-def _log_once(level: int, message: str) -> None:
-    if message not in _state.logged:
-        _state.logged.add(message)
-        logger.log(level, message)
+_state = State()
 
 
 def _in_api_server_process() -> bool:
@@ -103,43 +109,43 @@ def register() -> None:
         if settings.strict_requested():
             raise PatchError(message) from exc
         if _in_api_server_process():  # engine cores and workers read the same environment: log once
-            _log_once(logging.ERROR, message)
+            _state.log_once(logging.ERROR, message)
         return
     if current.disabled:
         return
-    with _lock:
-        if _state.registered:
+    state = _state
+    with state.lock:
+        if state.registered:
             return
-        _state.registered = True
+        state.registered = True
         try:
-            _register(current)
+            _register(state, current)
         except PatchError:
             raise  # strict mode, already worded
         except Exception as exc:
             message = f"vllm-tokens-patch could not register: {type(exc).__name__}: {exc}"
             if current.strict:
                 raise PatchError(message) from exc
-            _fail(message, serving=_in_api_server_process())
+            state.fail(message, serving=_in_api_server_process())
 
 
-def _register(current: settings.Settings) -> None:
+def _register(state: State, current: settings.Settings) -> None:
     version = installed_vllm_version()
-    _state.vllm_version = version
+    state.vllm_version = version
     choice = compat.choose(version)
     if choice.adapter is None:
         reason = f"vllm-tokens-patch: {choice.reason}; the token route is not available"
-        _fail(reason, current, serving=_in_api_server_process())
+        state.fail(reason, current, serving=_in_api_server_process())
         return
     if not choice.tested and _in_api_server_process():
-        _log_once(logging.WARNING, f"vllm-tokens-patch: {choice.reason}")
+        state.log_once(logging.WARNING, f"vllm-tokens-patch: {choice.reason}")
     adapter = load(choice.adapter)
-    _state.adapter = adapter
-    generation = _state.generation
+    state.adapter = adapter
 
     def on_import(module: Any) -> None:
-        with _lock:
-            if _state.generation == generation:
-                _wrap_route_hook(adapter, module)
+        with state.lock:
+            if _state is state:  # not unpatched since
+                mounting.wrap_route_hook(state, adapter, module)
 
     module = sys.modules.get(adapter.route_hook.module)
     if module is not None:
@@ -151,9 +157,9 @@ def _register(current: settings.Settings) -> None:
         on_import(main)  # `python -m <route-hook module>`: the running copy is __main__, not the import
 
     def on_fastapi(module: Any) -> None:
-        with _lock:
-            if _state.generation == generation:
-                _watch_serving(module.FastAPI)
+        with state.lock:
+            if _state is state:
+                mounting.watch_serving(state, module.FastAPI)
 
     # The safety net: FastAPI is imported only where an app is built, so engine processes never pay for it.
     if "fastapi.applications" in sys.modules:
@@ -162,187 +168,21 @@ def _register(current: settings.Settings) -> None:
         wrapt.register_post_import_hook(on_fastapi, "fastapi.applications")
 
 
-def _fail(reason: str, current: settings.Settings | None = None, *, serving: bool = True) -> None:
-    """Record why the patch is off; log it once (only where HTTP is served); raise if strict."""
-    _state.failure = reason
-    if current is not None and current.strict:
-        raise PatchError(reason)
-    if serving:
-        _log_once(logging.ERROR, reason)
-
-
-def _wrap_route_hook(adapter: Adapter, module: Any) -> None:
-    # An alias shim at the hook's module path (vLLM's planned `vllm/frontend` move) replaces its own
-    # `sys.modules` entry with the real module: patch that one, the object vLLM's own imports get.
-    module = sys.modules.get(getattr(module, "__name__", ""), module)
-    attribute = adapter.route_hook.attribute
-    original = getattr(module, attribute, None)
-    if original is None:
-        _fail(
-            f"vllm-tokens-patch cannot patch vLLM {_state.vllm_version} (adapter {adapter.name}): "
-            f"{adapter.route_hook} does not exist; the token route is not available",
-            settings.current(),
-        )
-        return
-    if isinstance(original, PatchWrapper):
-        return
-
-    def on_attach(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        result = wrapped(*args, **kwargs)
-        _mount(adapter, adapter.app_of(args, kwargs, result))
-        return result
-
-    setattr(module, attribute, PatchWrapper(original, on_attach))
-    _state.patches.append(_Patch(module, attribute, original))
-
-
-def _watch_serving(fastapi_class: Any) -> None:
-    """Check every app at its first ASGI call (the lifespan startup under uvicorn, else the first request):
-    a vLLM chat app without our route means the route hook never ran (moved, renamed, or imported under
-    another module name), which must not pass silently. Later calls cost one set lookup."""
-    attribute = "__call__"
-    inherited = attribute not in vars(fastapi_class)
-    original = getattr(fastapi_class, attribute) if inherited else vars(fastapi_class)[attribute]
-    if isinstance(original, PatchWrapper):
-        return
-
-    def on_call(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if instance not in _state.checked:
-            _ensure_route(instance)
-        return wrapped(*args, **kwargs)
-
-    setattr(fastapi_class, attribute, PatchWrapper(original, on_call))
-    _state.patches.append(_Patch(fastapi_class, attribute, original, inherited))
-
-
-STOCK_CHAT_PATH = "/v1/chat/completions"
-
-
-def _serves(routes: Any, path: str) -> bool:
-    """Whether `path` is routed, also inside mounts and included routers (newer FastAPI keeps those as
-    `_IncludedRouter` entries holding the `original_router`)."""
-    for route in routes:
-        if getattr(route, "path", None) == path:
-            return True
-        nested = getattr(route, "routes", None) or getattr(
-            getattr(route, "original_router", None), "routes", None
-        )
-        if nested and _serves(nested, path):
-            return True
-    return False
-
-
-def _ensure_route(app: Any) -> None:
-    """Mount the 501 route (and say why, once) on a vLLM chat app that is about to serve without ours."""
-    with _lock:
-        _state.checked.add(app)
-        adapter = _state.adapter
-        if adapter is None or any(ref() is app for ref, _ in _state.mounted):
-            return
-        if not _serves(getattr(app, "routes", ()), STOCK_CHAT_PATH):
-            return  # not vLLM's chat app (render-only server, another app in the process)
-        current = settings.current()
-        reason = _state.failure or (
-            f"vllm-tokens-patch cannot patch vLLM {_state.vllm_version} (adapter {adapter.name}): vLLM "
-            f"serves {STOCK_CHAT_PATH} but never called {adapter.route_hook} (moved, renamed, or imported "
-            f"under another module name); POST {current.route_path} answers 501"
-        )
-        from vllm_tokens_patch import route
-
-        _fail(reason, current)
-        added = route.add_route(
-            app, current.route_path, route.build_unavailable_endpoint(reason, adapter.route_error), None
-        )
-        _state.mounted.append((weakref.ref(app), added))
-
-
-def _mount(adapter: Adapter, app: Any) -> None:
-    """Patch the render method (once per process) and add the route to `app` (once per app)."""
-    from vllm_tokens_patch import route
-
-    with _lock:
-        if any(ref() is app for ref, _ in _state.mounted):
-            return
-        current = settings.current()
-        try:
-            found = adapter.probe()
-            _patch_render(adapter, current)
-            model = _request_model(found["request_base"])
-            endpoint = route.build_tokens_endpoint(found["chat_route"], model, adapter.route_error)
-            added = route.add_route(app, current.route_path, endpoint, found["json_validator"])
-            _log_once(
-                logging.INFO,
-                f"vllm-tokens-patch: POST {current.route_path} enabled "
-                f"(vLLM {_state.vllm_version}, adapter {adapter.name})",
-            )
-        except Exception as exc:  # a moved vLLM internal, or a bug of ours: vLLM must still start
-            what = str(exc) if isinstance(exc, AdapterMismatch) else f"{type(exc).__name__}: {exc}"
-            reason = (
-                f"vllm-tokens-patch cannot patch vLLM {_state.vllm_version} (adapter {adapter.name}): "
-                f"{what}; POST {current.route_path} answers 501"
-            )
-            # A render wrapper left behind stays inert: only our requests pass its gate.
-            _fail(reason, current)
-            unavailable = route.build_unavailable_endpoint(reason, adapter.route_error)
-            added = route.add_route(app, current.route_path, unavailable, None)
-        _state.mounted.append((weakref.ref(app), added))
-
-
-def _request_model(base: type[Any]) -> type[Any]:
-    if _state.request_model is None or _state.request_model.__mro__[1] is not base:
-        from vllm_tokens_patch.request import build_request_model
-
-        _state.request_model = build_request_model(base)
-    return _state.request_model
-
-
-def is_tokens_request(request: Any) -> bool:
-    """The gate: only our request class, never a stock request with a stray `tokens` field."""
-    model = _state.request_model
-    return model is not None and isinstance(request, model)
-
-
-def _patch_render(adapter: Adapter, current: settings.Settings) -> None:
-    swap = TokensSwap(adapter, is_tokens_request, verify=current.verify != "off")
-    for target in adapter.render_targets:
-        owner = target.location.resolve_owner()
-        attribute = target.location.attribute
-        inherited = attribute not in vars(owner)
-        original = getattr(owner, attribute) if inherited else vars(owner)[attribute]
-        if isinstance(original, PatchWrapper):
-            continue
-        setattr(owner, attribute, PatchWrapper(original, _render_wrapper(swap, target)))
-        _state.patches.append(_Patch(owner, attribute, original, inherited))
-
-
-def _render_wrapper(swap: TokensSwap, target: RenderTarget) -> Any:
-    """Pass other requests straight through (same coroutine, no extra frame); swap ours."""
-    render = swap.render_async if target.is_async else swap.render_sync
-
-    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        request = args[0] if args else kwargs.get("request")
-        if not swap.is_tokens_request(request):
-            return wrapped(*args, **kwargs)
-        return render(wrapped, instance, target, args, kwargs)
-
-    return wrapper
-
-
 def unpatch() -> None:
     """Restore every original vLLM attribute and remove the routes we added. Idempotent."""
     global _state
-    from_state = _state
-    with _lock:
-        for patch in reversed(from_state.patches):
+    old = _state
+    with old.lock:
+        for patch in reversed(old.patches):
             patch.undo()
-        if from_state.mounted:
+        if old.mounted:
             from vllm_tokens_patch import route
 
-            for ref, added in from_state.mounted:
+            for ref, added in old.mounted:
                 app = ref()
                 if app is not None:
                     route.remove_route(app, added)
-        _state = _State(generation=from_state.generation + 1)
+        _state = State()
         settings.current.cache_clear()
 
 
@@ -353,6 +193,6 @@ def status() -> dict[str, Any]:
         "vllm_version": _state.vllm_version,
         "adapter": _state.adapter.name if _state.adapter else None,
         "failure": _state.failure,
-        "patched": [f"{getattr(p.owner, '__name__', p.owner)}.{p.attribute}" for p in _state.patches],
+        "patched": [str(patch) for patch in _state.patches],
         "apps": sum(1 for ref, _ in _state.mounted if ref() is not None),
     }

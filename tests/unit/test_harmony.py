@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import wrapt
 
-from vllm_tokens_patch import adapters, plugin
+from vllm_tokens_patch import adapters, mounting
 from vllm_tokens_patch.tokens import TokensSwap
 
 RENDERED = [200006, 17360, 200008, 3575, 200007]
@@ -60,7 +60,7 @@ def wrapped(adapter_name: str, method: str) -> Any:
     swap = TokensSwap(adapter, lambda request: request.tokens is not None)
     target = next(t for t in adapter.render_targets if t.location.attribute == "_make_request_with_harmony")
     assert target.is_async is False
-    function = wrapt.FunctionWrapper(getattr(ServingChat, method), plugin._render_wrapper(swap, target))
+    function = wrapt.FunctionWrapper(getattr(ServingChat, method), mounting.render_wrapper(swap, target))
     return function.__get__(ServingChat(), ServingChat)
 
 

@@ -110,7 +110,7 @@ def call(app: Any, payload: dict[str, Any]) -> Any:
 
     async def go() -> Any:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-            return await client.post("/v1/chat/completions/tokens", json=payload)
+            return await client.post(settings.Settings.route_path, json=payload)
 
     return asyncio.run(go())
 
@@ -198,10 +198,10 @@ def test_missing_render_function_gives_501_and_one_error(
 def test_an_unexpected_error_while_mounting_still_lets_vllm_start(
     fake_vllm: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(base: Any) -> Any:
+    def broken(state: Any, base: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(plugin, "_request_model", broken)
+    monkeypatch.setattr(plugin.State, "request_model_for", broken)
     plugin.register()
     app = build_app()  # vLLM's build_app must not see our exception
     assert app.state.chat_attached

@@ -217,22 +217,28 @@ class Adapter:
             named["native_reuse"] = self.native_reuse
         return named
 
-    def probe(self) -> dict[str, Any]:
-        """Resolve everything the route needs; raise `AdapterMismatch` naming the first missing piece."""
-        found: dict[str, Any] = {
-            "chat_route": self.chat_route.resolve(),
-            "json_validator": self.json_validator.resolve(),
-            "request_base": self.request_base.resolve(),
-        }
-        found["length_check"] = self.length_check.resolve()
-        if self.native_reuse is not None:
-            found["native_reuse"] = self.native_reuse.resolve()
-        for target in self.render_targets:
-            method = target.location.resolve()
-            if not callable(method):
-                raise AdapterMismatch(f"{target.location} is not callable")
-            found[str(target.location)] = method
-        return found
+    def probe(self) -> Probed:
+        """Resolve every target (`AdapterMismatch` names the first missing one); return what mounting uses."""
+        for role, location in self.targets().items():
+            if role == "route_hook":
+                continue  # already called by vLLM: that is how mounting started
+            found = location.resolve()
+            if role.startswith("render:") and not callable(found):
+                raise AdapterMismatch(f"{location} is not callable")
+        return Probed(
+            chat_route=self.chat_route.resolve(),
+            json_validator=self.json_validator.resolve(),
+            request_base=self.request_base.resolve(),
+        )
+
+
+@dataclass(frozen=True)
+class Probed:
+    """The vLLM objects the route is built from."""
+
+    chat_route: Any
+    json_validator: Any
+    request_base: type[Any]
 
 
 def _vocab_size(model_config: Any) -> int | None:

@@ -1,0 +1,146 @@
+"""Putting the route on vLLM's app: the route-hook wrapper, the serving check, the render patch.
+
+Runs only in API-server processes (the route-hook module and FastAPI are imported only there). Every
+function works on the `State` that `plugin.register()` made, so an `unpatch()` (a new state) leaves a
+late import hook of the old generation nothing to act on.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from vllm_tokens_patch import settings
+from vllm_tokens_patch.adapters import Adapter, AdapterMismatch, RenderTarget
+from vllm_tokens_patch.patches import Wrapper, wrap_attribute
+from vllm_tokens_patch.tokens import TokensSwap
+
+if TYPE_CHECKING:
+    from vllm_tokens_patch.plugin import State
+
+STOCK_CHAT_PATH = "/v1/chat/completions"
+
+
+def wrap_route_hook(state: State, adapter: Adapter, module: Any) -> None:
+    """Wrap the function vLLM calls with its app while building it; mount the route right after."""
+    # An alias shim at the hook's module path (vLLM's planned `vllm/frontend` move) replaces its own
+    # `sys.modules` entry with the real module: patch that one, the object vLLM's own imports get.
+    module = sys.modules.get(getattr(module, "__name__", ""), module)
+    if getattr(module, adapter.route_hook.attribute, None) is None:
+        state.fail(
+            f"vllm-tokens-patch cannot patch vLLM {state.vllm_version} (adapter {adapter.name}): "
+            f"{adapter.route_hook} does not exist; the token route is not available",
+            settings.current(),
+        )
+        return
+
+    def on_attach(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        result = wrapped(*args, **kwargs)
+        mount(state, adapter, adapter.app_of(args, kwargs, result))
+        return result
+
+    state.record(wrap_attribute(module, adapter.route_hook.attribute, on_attach))
+
+
+def watch_serving(state: State, fastapi_class: Any) -> None:
+    """Check every app at its first ASGI call (the lifespan startup under uvicorn, else the first request):
+    a vLLM chat app without our route means the route hook never ran (moved, renamed, or imported under
+    another module name), which must not pass silently. Later calls cost one set lookup."""
+
+    def on_call(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if instance not in state.checked:
+            ensure_route(state, instance)
+        return wrapped(*args, **kwargs)
+
+    state.record(wrap_attribute(fastapi_class, "__call__", on_call))
+
+
+def serves(routes: Any, path: str) -> bool:
+    """Whether `path` is routed, also inside mounts and included routers (newer FastAPI keeps those as
+    `_IncludedRouter` entries holding the `original_router`)."""
+    for route in routes:
+        if getattr(route, "path", None) == path:
+            return True
+        nested = getattr(route, "routes", None) or getattr(
+            getattr(route, "original_router", None), "routes", None
+        )
+        if nested and serves(nested, path):
+            return True
+    return False
+
+
+def ensure_route(state: State, app: Any) -> None:
+    """Mount the 501 route (and say why, once) on a vLLM chat app that is about to serve without ours."""
+    with state.lock:
+        state.checked.add(app)
+        adapter = state.adapter
+        if adapter is None or state.is_mounted(app):
+            return
+        if not serves(getattr(app, "routes", ()), STOCK_CHAT_PATH):
+            return  # not vLLM's chat app (render-only server, another app in the process)
+        current = settings.current()
+        reason = state.failure or (
+            f"vllm-tokens-patch cannot patch vLLM {state.vllm_version} (adapter {adapter.name}): vLLM "
+            f"serves {STOCK_CHAT_PATH} but never called {adapter.route_hook} (moved, renamed, or imported "
+            f"under another module name); POST {current.route_path} answers 501"
+        )
+        from vllm_tokens_patch import route
+
+        state.fail(reason, current)
+        unavailable = route.build_unavailable_endpoint(reason, adapter.route_error)
+        state.mounted.append((weakref.ref(app), route.add_route(app, current.route_path, unavailable, None)))
+
+
+def mount(state: State, adapter: Adapter, app: Any) -> None:
+    """Patch the render methods (once per process) and add the route to `app` (once per app)."""
+    from vllm_tokens_patch import route
+
+    with state.lock:
+        if state.is_mounted(app):
+            return
+        current = settings.current()
+        try:
+            found = adapter.probe()
+            patch_render(state, adapter, current)
+            model = state.request_model_for(found.request_base)
+            endpoint = route.build_tokens_endpoint(found.chat_route, model, adapter.route_error)
+            added = route.add_route(app, current.route_path, endpoint, found.json_validator)
+            state.log_once(
+                logging.INFO,
+                f"vllm-tokens-patch: POST {current.route_path} enabled "
+                f"(vLLM {state.vllm_version}, adapter {adapter.name})",
+            )
+        except Exception as exc:  # a moved vLLM internal, or a bug of ours: vLLM must still start
+            what = str(exc) if isinstance(exc, AdapterMismatch) else f"{type(exc).__name__}: {exc}"
+            reason = (
+                f"vllm-tokens-patch cannot patch vLLM {state.vllm_version} (adapter {adapter.name}): "
+                f"{what}; POST {current.route_path} answers 501"
+            )
+            # A render wrapper left behind stays inert: only our requests pass its gate.
+            state.fail(reason, current)
+            unavailable = route.build_unavailable_endpoint(reason, adapter.route_error)
+            added = route.add_route(app, current.route_path, unavailable, None)
+        state.mounted.append((weakref.ref(app), added))
+
+
+def patch_render(state: State, adapter: Adapter, current: settings.Settings) -> None:
+    """Wrap each render method of the adapter; only our request class passes the wrappers' gate."""
+    swap = TokensSwap(adapter, state.is_tokens_request, verify=current.verify != "off")
+    for target in adapter.render_targets:
+        owner = target.location.resolve_owner()
+        state.record(wrap_attribute(owner, target.location.attribute, render_wrapper(swap, target)))
+
+
+def render_wrapper(swap: TokensSwap, target: RenderTarget) -> Wrapper:
+    """Pass other requests straight through (same coroutine, no extra frame); swap ours."""
+    render = swap.render_async if target.is_async else swap.render_sync
+
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        request = args[0] if args else kwargs.get("request")
+        if not swap.is_tokens_request(request):
+            return wrapped(*args, **kwargs)
+        return render(wrapped, instance, target, args, kwargs)
+
+    return wrapper
