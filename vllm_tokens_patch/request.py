@@ -64,7 +64,7 @@ TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", "refusal", "th
 
 
 def build_request_model(base: type[Any]) -> type[Any]:
-    """Subclass vLLM's request with `tokens`.
+    """Subclass vLLM's request with `tokens` / `prefix_tokens` (exactly one) and the verify switch.
 
     `field_names` is reset because vLLM's `OpenAIBaseModel` caches the known field names on the first
     class it validates; inheriting the parent's cache would log `tokens` as an ignored field.
@@ -72,7 +72,7 @@ def build_request_model(base: type[Any]) -> type[Any]:
     namespace: dict[str, Any] = {
         "__module__": __name__,
         "__qualname__": "TokensChatCompletionRequest",
-        "__doc__": "vLLM's ChatCompletionRequest plus `tokens`, the exact prompt ids.",
+        "__doc__": "vLLM's ChatCompletionRequest plus `tokens` (the exact prompt ids) or `prefix_tokens`.",
         "__annotations__": {
             "tokens": TokenIds | None,
             "prefix_tokens": PrefixIds | None,
@@ -86,7 +86,6 @@ def build_request_model(base: type[Any]) -> type[Any]:
         "_tokens_verification": PrivateAttr(default=None),
         "_tokens_splice": PrivateAttr(default=None),
         "_exactly_one_id_list": model_validator(mode="after")(_exactly_one_id_list),
-        "__vllm_tokens_patch__": True,
     }
     metaclass: Any = type(base)  # pydantic's model metaclass: builds the fields from the annotations
     model: type[Any] = metaclass("TokensChatCompletionRequest", (base,), namespace)

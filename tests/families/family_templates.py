@@ -38,6 +38,36 @@ def _args() -> str:
     )
 
 
+# Pieces the families share (each family's template is still written out below, in the order it renders).
+_SYSTEM_FIRST = """{%- for message in messages %}
+{%- if message.role == 'system' %}
+{%- if not loop.first %}{{- raise_exception('the system message must come first') }}{%- endif %}
+"""
+"""Open the message loop; a system message is allowed only first (it was rendered before the loop)."""
+_UNKNOWN_ROLE = """{%- else %}{{- raise_exception('unknown role ' + message.role) }}
+{%- endif %}
+{%- endfor %}
+"""
+"""Refuse any other role and close the message loop."""
+_CHATML_USER = (
+    "{%- elif message.role == 'user' %}{{- '<|im_start|>user\\n' + message.content + '<|im_end|>\\n' }}\n"
+)
+_CHATML_GENERATION_PROMPT = """{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"""
+
+
+def _chatml_tool_results(role: str) -> str:
+    """Consecutive tool results merged into one ChatML turn of `role`."""
+    return (
+        """{%- elif message.role == 'tool' %}
+{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>"""
+        + role
+        + """' }}{%- endif %}
+{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}
+{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}
+"""
+    )
+
+
 # 1. ChatML / Qwen2.5: default system, tools in the system turn, tool results merged into one user turn.
 CHATML = (
     """{%- if messages[0].role == 'system' %}{%- set system = messages[0].content %}
@@ -46,25 +76,20 @@ CHATML = (
 {%- if tools %}{{- '\\n\\n# Tools\\n<tools>' }}
 {%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}{{- '\\n</tools>' }}{%- endif %}
 {{- '<|im_end|>\\n' }}
-{%- for message in messages %}
-{%- if message.role == 'system' %}
-{%- if not loop.first %}{{- raise_exception('the system message must come first') }}{%- endif %}
-{%- elif message.role == 'user' %}{{- '<|im_start|>user\\n' + message.content + '<|im_end|>\\n' }}
-{%- elif message.role == 'assistant' %}{{- '<|im_start|>assistant\\n' + (message.content or '') }}
+"""
+    + _SYSTEM_FIRST
+    + _CHATML_USER
+    + """{%- elif message.role == 'assistant' %}{{- '<|im_start|>assistant\\n' + (message.content or '') }}
 {%- for call in message.tool_calls or [] %}
 {%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}
 {{- '<tool_call>\\n{"name": "' + call.function.name + '", "arguments": ' }}"""
     + _args()
     + """{{- '}\\n</tool_call>' }}
 {%- endfor %}{{- '<|im_end|>\\n' }}
-{%- elif message.role == 'tool' %}
-{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}
-{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}
-{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}
-{%- else %}{{- raise_exception('unknown role ' + message.role) }}
-{%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"""
+"""
+    + _chatml_tool_results("user")
+    + _UNKNOWN_ROLE
+    + _CHATML_GENERATION_PROMPT
 )
 
 # 2. Qwen3: ChatML + reasoning in the content; drops it from turns before the last user query.
@@ -78,11 +103,10 @@ QWEN3 = (
 {%- if tools %}{%- if messages[0].role == 'system' %}{{- '\\n\\n' }}{%- endif %}{{- '# Tools\\n<tools>' }}
 {%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}{{- '\\n</tools>' }}{%- endif %}
 {{- '<|im_end|>\\n' }}{%- endif %}
-{%- for message in messages %}
-{%- if message.role == 'system' %}
-{%- if not loop.first %}{{- raise_exception('the system message must come first') }}{%- endif %}
-{%- elif message.role == 'user' %}{{- '<|im_start|>user\\n' + message.content + '<|im_end|>\\n' }}
-{%- elif message.role == 'assistant' %}{%- set content = message.content or '' %}
+"""
+    + _SYSTEM_FIRST
+    + _CHATML_USER
+    + """{%- elif message.role == 'assistant' %}{%- set content = message.content or '' %}
 {%- if loop.index0 < ns.last_query and '</think>' in content %}
 {%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}
 {{- '<|im_start|>assistant\\n' + content }}
@@ -92,14 +116,10 @@ QWEN3 = (
     + _args()
     + """{{- '}\\n</tool_call>' }}
 {%- endfor %}{{- '<|im_end|>\\n' }}
-{%- elif message.role == 'tool' %}
-{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}
-{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}
-{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}
-{%- else %}{{- raise_exception('unknown role ' + message.role) }}
-{%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}
+"""
+    + _chatml_tool_results("user")
+    + _UNKNOWN_ROLE
+    + """{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}
 {%- if enable_thinking is defined and enable_thinking is false %}
 {{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}
 {%- endif %}"""
@@ -132,10 +152,10 @@ LLAMA3 = (
 {%- if message.tool_calls %}{{- '<|eom_id|>' }}{%- else %}{{- '<|eot_id|>' }}{%- endif %}
 {%- elif message.role in ['tool', 'ipython'] %}
 {{- '<|start_header_id|>ipython<|end_header_id|>\\n\\n' + message.content + '<|eot_id|>' }}
-{%- else %}{{- raise_exception('unknown role ' + message.role) }}
-{%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"""
+"""
+    + _UNKNOWN_ROLE
+    + "{%- if add_generation_prompt %}"
+    + "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
 
 # 4. GLM: no end-of-turn token; the next role marker ends a turn. Run without thinking: history and the
@@ -146,10 +166,9 @@ GLM = (
 {%- if tools %}{{- '# Tools\\n<tools>' }}{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}
 {{- '\\n</tools>' }}{%- if messages[0].role == 'system' %}{{- '\\n\\n' }}{%- endif %}{%- endif %}
 {%- if messages[0].role == 'system' %}{{- messages[0].content }}{%- endif %}{%- endif %}
-{%- for message in messages %}
-{%- if message.role == 'system' %}
-{%- if not loop.first %}{{- raise_exception('the system message must come first') }}{%- endif %}
-{%- elif message.role == 'user' %}{{- '<|user|>\\n' + message.content }}
+"""
+    + _SYSTEM_FIRST
+    + """{%- elif message.role == 'user' %}{{- '<|user|>\\n' + message.content }}
 {%- elif message.role == 'assistant' %}{{- '<|assistant|>\\n<think></think>\\n' + (message.content or '') }}
 {%- for call in message.tool_calls or [] %}
 {{- '\\n<tool_call>' + call.function.name + '\\n' }}"""
@@ -159,10 +178,9 @@ GLM = (
 {%- elif message.role == 'tool' %}
 {%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|observation|>' }}{%- endif %}
 {{- '\\n<tool_response>' + message.content + '</tool_response>' }}
-{%- else %}{{- raise_exception('unknown role ' + message.role) }}
-{%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}{{- '<|assistant|>\\n' }}
+"""
+    + _UNKNOWN_ROLE
+    + """{%- if add_generation_prompt %}{{- '<|assistant|>\\n' }}
 {%- if enable_thinking is defined and enable_thinking is false %}{{- '<think></think>\\n' }}{%- endif %}
 {%- endif %}"""
 )
@@ -215,24 +233,19 @@ HERMES = (
 {{- 'You may call functions. Function signatures are in <tools></tools>: <tools>' }}
 {%- for tool in tools %}{{- ' ' + (tool | tojson) }}{%- endfor %}{{- ' </tools>' }}{%- endif %}
 {{- '<|im_end|>\\n' }}{%- endif %}
-{%- for message in messages %}
-{%- if message.role == 'system' %}
-{%- if not loop.first %}{{- raise_exception('the system message must come first') }}{%- endif %}
-{%- elif message.role == 'user' %}{{- '<|im_start|>user\\n' + message.content + '<|im_end|>\\n' }}
-{%- elif message.role == 'assistant' %}{{- '<|im_start|>assistant\\n' + (message.content or '') }}
+"""
+    + _SYSTEM_FIRST
+    + _CHATML_USER
+    + """{%- elif message.role == 'assistant' %}{{- '<|im_start|>assistant\\n' + (message.content or '') }}
 {%- for call in message.tool_calls or [] %}
 {{- '\\n<tool_call>\\n{"arguments": ' }}"""
     + _args()
     + """{{- ', "name": "' + call.function.name + '"}\\n</tool_call>' }}
 {%- endfor %}{{- '<|im_end|>\\n' }}
-{%- elif message.role == 'tool' %}
-{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>tool' }}{%- endif %}
-{{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}
-{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}
-{%- else %}{{- raise_exception('unknown role ' + message.role) }}
-{%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"""
+"""
+    + _chatml_tool_results("tool")
+    + _UNKNOWN_ROLE
+    + _CHATML_GENERATION_PROMPT
 )
 
 # 7. DeepSeek-V3 / R1: the system prompt right after BOS, no newline glue; R1-style, the reasoning of every
@@ -243,10 +256,9 @@ DEEPSEEK = (
 {{- '<｜begin▁of▁sentence｜>' + system }}
 {%- if tools %}{{- '\\n\\n## Tools\\n' }}
 {%- for tool in tools %}{{- (tool | tojson) + '\\n' }}{%- endfor %}{%- endif %}
-{%- for message in messages %}
-{%- if message.role == 'system' %}
-{%- if not loop.first %}{{- raise_exception('the system message must come first') }}{%- endif %}
-{%- elif message.role == 'user' %}{{- '<｜User｜>' + message.content }}
+"""
+    + _SYSTEM_FIRST
+    + """{%- elif message.role == 'user' %}{{- '<｜User｜>' + message.content }}
 {%- elif message.role == 'assistant' %}{%- set content = message.content or '' %}
 {%- if not loop.last and '</think>' in content %}
 {%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}
@@ -262,10 +274,9 @@ DEEPSEEK = (
 {%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<｜tool▁outputs▁begin｜>' }}{%- endif %}
 {{- '<｜tool▁output▁begin｜>' + message.content + '<｜tool▁output▁end｜>' }}
 {%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<｜tool▁outputs▁end｜>' }}{%- endif %}
-{%- else %}{{- raise_exception('unknown role ' + message.role) }}
-{%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}{{- '<｜Assistant｜>' }}{%- endif %}"""
+"""
+    + _UNKNOWN_ROLE
+    + """{%- if add_generation_prompt %}{{- '<｜Assistant｜>' }}{%- endif %}"""
 )
 
 
@@ -278,10 +289,9 @@ def _strict(named: bool) -> str:
         """{%- if messages[0].role == 'system' %}
 {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}{%- endif %}
 {%- set ns = namespace(calls=[]) %}
-{%- for message in messages %}
-{%- if message.role == 'system' %}
-{%- if not loop.first %}{{- raise_exception('the system message must come first') }}{%- endif %}
-{%- elif message.role == 'user' %}{%- set ns.calls = [] %}
+"""
+        + _SYSTEM_FIRST
+        + """{%- elif message.role == 'user' %}{%- set ns.calls = [] %}
 {{- '<|im_start|>user\\n' + message.content + '<|im_end|>\\n' }}
 {%- elif message.role == 'assistant' %}{%- set ns.calls = message.tool_calls or [] %}
 {{- '<|im_start|>assistant\\n' + (message.content or '') }}
@@ -300,10 +310,9 @@ def _strict(named: bool) -> str:
         + name
         + """ + '>' + message.content + '</response>' }}
 {%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}
-{%- else %}{{- raise_exception('unknown role ' + message.role) }}
-{%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"""
+"""
+        + _UNKNOWN_ROLE
+        + _CHATML_GENERATION_PROMPT
     )
 
 
@@ -333,7 +342,19 @@ class Family:
     """The chat-template kwargs every scenario of this family is rendered with."""
 
 
+def _special(spaced: str) -> tuple[str, ...]:
+    """A family's special tokens, written space-separated."""
+    return tuple(spaced.split())
+
+
 CHATML_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>")
+CHATML_TURNS: dict[str, Any] = {
+    "stops": ("<|im_end|>",),
+    "glue": "\n",
+    "turn_ends": ("<|im_end|>",),
+    "other_stop": "<|endoftext|>",
+}
+"""How every ChatML-shaped family ends a turn."""
 FAMILIES = {
     family.name: family
     for family in [
@@ -341,19 +362,13 @@ FAMILIES = {
             "chatml",
             CHATML,
             (*CHATML_TOKENS, "<tool_response>", "</tool_response>"),
-            stops=("<|im_end|>",),
-            glue="\n",
-            turn_ends=("<|im_end|>",),
-            other_stop="<|endoftext|>",
+            **CHATML_TURNS,
         ),
         Family(
             "qwen3",
             QWEN3,
             (*CHATML_TOKENS, "<tool_response>", "</tool_response>", "<think>", "</think>"),
-            stops=("<|im_end|>",),
-            glue="\n",
-            turn_ends=("<|im_end|>",),
-            other_stop="<|endoftext|>",
+            **CHATML_TURNS,
             reasoning=True,
         ),
         Family(
@@ -368,20 +383,9 @@ FAMILIES = {
         Family(
             "glm",
             GLM,
-            (
-                "[gMASK]",
-                "<sop>",
-                "<|system|>",
-                "<|user|>",
-                "<|assistant|>",
-                "<|observation|>",
-                "<|endoftext|>",
-                "<think>",
-                "</think>",
-                "<tool_call>",
-                "</tool_call>",
-                "<tool_response>",
-                "</tool_response>",
+            _special(
+                "[gMASK] <sop> <|system|> <|user|> <|assistant|> <|observation|> <|endoftext|> "
+                "<think> </think> <tool_call> </tool_call> <tool_response> </tool_response>"
             ),
             stops=(),
             glue="",
@@ -393,16 +397,9 @@ FAMILIES = {
         Family(
             "mistral",
             MISTRAL,
-            (
-                "<s>",
-                "</s>",
-                "[INST]",
-                "[/INST]",
-                "[TOOL_CALLS]",
-                "[AVAILABLE_TOOLS]",
-                "[/AVAILABLE_TOOLS]",
-                "[TOOL_RESULTS]",
-                "[/TOOL_RESULTS]",
+            _special(
+                "<s> </s> [INST] [/INST] [TOOL_CALLS] [AVAILABLE_TOOLS] [/AVAILABLE_TOOLS] "
+                "[TOOL_RESULTS] [/TOOL_RESULTS]"
             ),
             stops=("</s>",),
             glue="",
@@ -413,30 +410,16 @@ FAMILIES = {
             "hermes",
             HERMES,
             (*CHATML_TOKENS, "<tool_response>", "</tool_response>", "<tools>", "</tools>"),
-            stops=("<|im_end|>",),
-            glue="\n",
-            turn_ends=("<|im_end|>",),
-            other_stop="<|endoftext|>",
+            **CHATML_TURNS,
         ),
         Family(
             "deepseek",
             DEEPSEEK,
-            (
-                "<｜begin▁of▁sentence｜>",
-                "<｜end▁of▁sentence｜>",
-                "<｜User｜>",
-                "<｜Assistant｜>",
-                "<｜tool▁calls▁begin｜>",
-                "<｜tool▁calls▁end｜>",
-                "<｜tool▁call▁begin｜>",
-                "<｜tool▁call▁end｜>",
-                "<｜tool▁sep｜>",
-                "<｜tool▁outputs▁begin｜>",
-                "<｜tool▁outputs▁end｜>",
-                "<｜tool▁output▁begin｜>",
-                "<｜tool▁output▁end｜>",
-                "<think>",
-                "</think>",
+            _special(
+                "<｜begin▁of▁sentence｜> <｜end▁of▁sentence｜> <｜User｜> <｜Assistant｜> "
+                "<｜tool▁calls▁begin｜> <｜tool▁calls▁end｜> <｜tool▁call▁begin｜> <｜tool▁call▁end｜> "
+                "<｜tool▁sep｜> <｜tool▁outputs▁begin｜> <｜tool▁outputs▁end｜> <｜tool▁output▁begin｜> "
+                "<｜tool▁output▁end｜> <think> </think>"
             ),
             stops=("<｜end▁of▁sentence｜>",),
             glue="",
@@ -448,19 +431,13 @@ FAMILIES = {
             "strict",
             STRICT,
             CHATML_TOKENS,
-            stops=("<|im_end|>",),
-            glue="\n",
-            turn_ends=("<|im_end|>",),
-            other_stop="<|endoftext|>",
+            **CHATML_TURNS,
         ),
         Family(
             "strict_named",
             STRICT_NAMED,
             CHATML_TOKENS,
-            stops=("<|im_end|>",),
-            glue="\n",
-            turn_ends=("<|im_end|>",),
-            other_stop="<|endoftext|>",
+            **CHATML_TURNS,
         ),
     ]
 }
