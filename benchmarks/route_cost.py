@@ -61,6 +61,8 @@ from bpe_model import build_bpe_model  # noqa: E402
 from harness import VllmApp, build_vllm_app  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402
 
+from vllm_tokens_patch.client import token_route  # noqa: E402
+
 MAX_MODEL_LEN = 40960
 MAX_TOKENS = 4
 BASELINE = "stock-without-plugin"
@@ -204,15 +206,16 @@ def make_cases(
     prefix: list[int] | None,
 ) -> list[Case]:
     cases = []
+    route = token_route()  # where the plugin app mounted it (`VLLM_TOKENS_PATCH_ROUTE` or the default)
     for stream in streams:
         base = {"model": plugin.args.model, "messages": messages, "max_tokens": MAX_TOKENS, "stream": stream}
         bodies = {
             "stock-without-plugin": (stock, "/v1/chat/completions", base),
             "stock-with-plugin": (plugin, "/v1/chat/completions", base),
-            "tokens-default": (plugin, "/v1/chat/completions/tokens", {**base, "tokens": ids}),
+            "tokens-default": (plugin, route, {**base, "tokens": ids}),
             "tokens-fast": (
                 plugin,
-                "/v1/chat/completions/tokens",
+                route,
                 {**base, "tokens": ids, "vllm_tokens_patch_verify": False},
             ),
             "stock-kvtp": (
@@ -229,7 +232,7 @@ def make_cases(
         if prefix is not None:
             bodies["tokens-splice"] = (
                 plugin,
-                "/v1/chat/completions/tokens",
+                route,
                 {**base, "prefix_tokens": prefix, "vllm_tokens_patch_verify": False},
             )
         for name in CASES:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from packaging.version import InvalidVersion, Version  # noqa: E402
+from packaging.version import Version  # noqa: E402
 
 from vllm_tokens_patch import compat  # noqa: E402
 from vllm_tokens_patch.adapters import Adapter, Location, RenderTarget, load  # noqa: E402
@@ -786,9 +786,8 @@ def release_versions(package: str, timeout: float = 120) -> list[str]:
         raise RuntimeError(f"pip index versions {package} failed: {result.stderr.strip()[-500:]}")
     versions = []
     for text in match.group(1).split(","):
-        try:
-            version = Version(text.strip())
-        except InvalidVersion:
+        version = compat.parse_version(text.strip())
+        if version == Version("0"):
             continue
         if not (version.is_prerelease or version.is_devrelease or version.is_postrelease or version.local):
             versions.append(version)

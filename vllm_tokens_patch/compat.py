@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 MATRIX_FILE = "compat_matrix.yaml"
@@ -35,7 +36,8 @@ class Release:
     status: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     pins: tuple[str, ...] = ()
-    """Extra requirements the test environments need (the PyPI snapshot resolves newer, incompatible ones)."""
+    """Extra requirements the test environments need (the PyPI snapshot resolves newer, incompatible ones):
+    the matrix's top-level `pins` entries whose version range holds this release."""
 
     @property
     def supported(self) -> bool:
@@ -47,13 +49,19 @@ class Matrix:
     releases: tuple[Release, ...]
     ci_versions: tuple[str, ...]
     e2e_ci_version: str | None
+    pin_ranges: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """The top-level `pins` table: (version specifier, requirements) in file order."""
 
     def release(self, version: str) -> Release | None:
-        wanted = _parse(version)
+        wanted = _base(version)
         for release in self.releases:
-            if _parse(release.version) == wanted:
+            if _base(release.version) == wanted:
                 return release
         return None
+
+    def pins_for(self, version: str) -> tuple[str, ...]:
+        """The pins of every range that holds `version` (also for a release the matrix does not list)."""
+        return _pins_for(self.pin_ranges, version)
 
     @property
     def supported(self) -> tuple[Release, ...]:
@@ -61,7 +69,7 @@ class Matrix:
 
     @property
     def newest_supported(self) -> Release:
-        return max(self.supported, key=lambda r: _parse(r.version))
+        return max(self.supported, key=lambda r: parse_version(r.version))
 
 
 @dataclass(frozen=True)
@@ -75,20 +83,27 @@ class Choice:
     """Why this adapter (or why none), for the one log line."""
 
 
-def _parse(version: str) -> Version:
-    """Parse a vLLM version, ignoring local labels such as `+cpu` and dev/rc suffixes of the base."""
+def parse_version(version: str) -> Version:
+    """The one version parser of the package, nox and tools: PEP 440 order (`0.34.0rc1` < `0.34.0` <
+    `0.34.0+cpu`), and `0` for what does not parse, so sorting and `max` never raise."""
     try:
-        return Version(Version(version).base_version)
+        return Version(version)
     except InvalidVersion:
         return Version("0")
 
 
-def _exact(version: str) -> Version | None:
-    """The full version, pre-release, dev and local labels included (None if it does not parse)."""
-    try:
-        return Version(version)
-    except InvalidVersion:
-        return None
+def _base(version: str) -> Version:
+    """The release a version belongs to: local labels such as `+cpu` and rc/dev suffixes dropped."""
+    return Version(parse_version(version).base_version)
+
+
+def _pins_for(pin_ranges: tuple[tuple[str, tuple[str, ...]], ...], version: str) -> tuple[str, ...]:
+    parsed = parse_version(version)
+    pins: list[str] = []
+    for spec, requirements in pin_ranges:
+        if SpecifierSet(spec).contains(parsed, prereleases=True):
+            pins += [r for r in requirements if r not in pins]
+    return tuple(pins)
 
 
 def _matrix_text() -> str:
@@ -100,6 +115,12 @@ def _matrix_text() -> str:
 
 def parse_matrix(text: str) -> Matrix:
     data = yaml.load(text, Loader=_SafeLoader)
+    pin_ranges = tuple(
+        (str(spec), tuple(str(r) for r in requirements))
+        for spec, requirements in (data.get("pins") or {}).items()
+    )
+    for spec, _ in pin_ranges:
+        SpecifierSet(spec)  # a malformed range fails here, not when a session installs
     releases = tuple(
         Release(
             version=str(row["version"]),
@@ -110,7 +131,7 @@ def parse_matrix(text: str) -> Matrix:
             cpu_wheel=bool(row.get("cpu_wheel", False)),
             status=dict(row.get("status") or {}),
             notes=str(row.get("notes", "") or ""),
-            pins=tuple(row.get("pins") or ()),
+            pins=_pins_for(pin_ranges, str(row["version"])),
         )
         for row in data["releases"]
     )
@@ -119,6 +140,7 @@ def parse_matrix(text: str) -> Matrix:
         releases=releases,
         ci_versions=tuple(str(v) for v in ci.get("vllm", [])),
         e2e_ci_version=str(ci["e2e"]) if ci.get("e2e") else None,
+        pin_ranges=pin_ranges,
     )
 
 
@@ -134,7 +156,7 @@ def choose(vllm_version: str, matrix: Matrix | None = None) -> Choice:
     if release is not None:
         if release.adapter is None:
             return Choice(vllm_version, None, False, f"vLLM {vllm_version} is not supported: {release.notes}")
-        if _exact(vllm_version) != _exact(release.version):
+        if parse_version(vllm_version) != parse_version(release.version):
             return Choice(
                 vllm_version,
                 release.adapter,
@@ -145,9 +167,9 @@ def choose(vllm_version: str, matrix: Matrix | None = None) -> Choice:
         return Choice(
             vllm_version, release.adapter, True, f"vLLM {vllm_version} -> adapter {release.adapter}"
         )
-    wanted = _parse(vllm_version)
+    wanted = _base(vllm_version)
     newest = matrix.newest_supported
-    if wanted > _parse(newest.version):
+    if wanted > _base(newest.version):
         return Choice(
             vllm_version,
             newest.adapter,
@@ -155,8 +177,8 @@ def choose(vllm_version: str, matrix: Matrix | None = None) -> Choice:
             f"vLLM {vllm_version} is newer than the compatibility matrix (newest {newest.version}); "
             f"trying adapter {newest.adapter} (untested)",
         )
-    below = [r for r in matrix.releases if _parse(r.version) <= wanted]
-    nearest = max(below, key=lambda r: _parse(r.version)) if below else None
+    below = [r for r in matrix.releases if _base(r.version) <= wanted]
+    nearest = max(below, key=lambda r: parse_version(r.version)) if below else None
     if nearest is not None and nearest.adapter is not None:
         return Choice(
             vllm_version,
@@ -165,7 +187,7 @@ def choose(vllm_version: str, matrix: Matrix | None = None) -> Choice:
             f"vLLM {vllm_version} is not in the compatibility matrix; trying adapter {nearest.adapter} "
             f"of vLLM {nearest.version} (untested)",
         )
-    oldest = min(matrix.supported, key=lambda r: _parse(r.version))
+    oldest = min(matrix.supported, key=lambda r: parse_version(r.version))
     return Choice(
         vllm_version,
         None,

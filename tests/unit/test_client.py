@@ -11,6 +11,7 @@ import pytest
 
 from vllm_tokens_patch.client import AsyncTokenChatClient, Sampled, TokenChatClient, differing_positions
 from vllm_tokens_patch.demo import Turn, format_table, rollout
+from vllm_tokens_patch.settings import Settings
 
 SPECIAL = {"<|im_start|>": 1000, "<|im_end|>": 1001}
 SAMPLED = [104, 105, SPECIAL["<|im_end|>"]]  # "hi" and the stop token
@@ -38,7 +39,7 @@ def render(messages: list[dict[str, Any]], add_generation_prompt: bool = True) -
 class Server:
     """Records every request; answers like vLLM would (the splice: prefix + close + the new turn)."""
 
-    def __init__(self, route: str = "/v1/chat/completions/tokens") -> None:
+    def __init__(self, route: str = Settings.route_path) -> None:
         self.route = route
         self.requests: list[tuple[str, dict[str, Any]]] = []
 
@@ -75,7 +76,7 @@ def test_one_request_per_turn_and_the_prefix_is_what_the_engine_saw_and_sampled(
         first = client.chat(messages, max_tokens=8)
         messages += [first.assistant_message(), {"role": "user", "content": "more"}]
         second = client.next_turn(messages, first, max_tokens=8)
-    assert [path for path, _ in server.requests] == ["/v1/chat/completions", "/v1/chat/completions/tokens"]
+    assert [path for path, _ in server.requests] == ["/v1/chat/completions", Settings.route_path]
     sent = server.requests[1][1]
     assert sent["prefix_tokens"] == first.prompt_ids + SAMPLED == first.ids
     assert "tokens" not in sent and sent["return_token_ids"] is True and sent["max_tokens"] == 8
@@ -105,7 +106,7 @@ def test_the_async_twin_sends_the_same_requests() -> None:
             return first, await client.next_turn(messages, first.ids)
 
     first, second = asyncio.run(turns())
-    assert [path for path, _ in server.requests] == ["/v1/chat/completions", "/v1/chat/completions/tokens"]
+    assert [path for path, _ in server.requests] == ["/v1/chat/completions", Settings.route_path]
     assert server.requests[1][1]["prefix_tokens"] == first.ids
     assert second.prompt_ids[: len(first.ids)] == first.ids
 

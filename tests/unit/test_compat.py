@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vllm_tokens_patch import adapters, compat
 
@@ -68,7 +69,7 @@ def test_ci_set_has_every_adapter_and_the_oldest_and_newest_release() -> None:
     ci = [matrix.release(version) for version in matrix.ci_versions]
     assert all(release is not None and release.supported for release in ci), matrix.ci_versions
     assert {r.adapter for r in matrix.supported} <= {r.adapter for r in ci if r is not None}
-    by_age = sorted(matrix.supported, key=lambda r: compat._parse(r.version))
+    by_age = sorted(matrix.supported, key=lambda r: compat.parse_version(r.version))
     assert {by_age[0].version, by_age[-1].version} <= set(matrix.ci_versions)
 
 
@@ -102,3 +103,54 @@ def test_each_rows_fast_path_is_its_adapters_capability() -> None:
         assert release.fast_path is adapters.load(release.adapter).fast_path, release.version
     assert any(r.fast_path for r in compat.load_matrix().supported)
     assert not all(r.fast_path for r in compat.load_matrix().supported)
+
+
+def test_parse_version_orders_rc_dev_and_local_builds() -> None:
+    versions = ["0.34.0", "0.34.0rc1", "0.33.0+cpu", "0.33.0", "0.34.0.dev3", "0.10.2", "not-a-version"]
+    ordered = sorted(versions, key=compat.parse_version)
+    assert ordered == [
+        "not-a-version",
+        "0.10.2",
+        "0.33.0",
+        "0.33.0+cpu",
+        "0.34.0.dev3",
+        "0.34.0rc1",
+        "0.34.0",
+    ]
+    assert max(["0.9.0", "0.10.0"], key=compat.parse_version) == "0.10.0"  # not string order
+
+
+def test_a_pre_release_of_the_newest_row_is_not_newer_than_the_matrix() -> None:
+    choice = compat.choose("0.33.1rc1")
+    assert (choice.adapter, choice.tested) == ("render_chat_request_v0_27", False)
+    assert "newer than the compatibility matrix" in choice.reason
+
+
+OLD_ROW_PINS = {v: ("transformers<5",) for v in ["0.10.2", "0.11.0", "0.11.1", "0.11.2"]}
+"""`pins:` of each row as compat_matrix.yaml had them before the top-level range table (all other rows:
+none)."""
+
+
+def test_the_pins_table_gives_every_release_its_old_row_pins() -> None:
+    matrix = compat.load_matrix()
+    assert {r.version: r.pins for r in matrix.releases} == {v: OLD_ROW_PINS.get(v, ()) for v in ALL_RELEASES}
+    data = yaml.safe_load((ROOT / "compat_matrix.yaml").read_text(encoding="utf-8"))
+    assert not [row["version"] for row in data["releases"] if "pins" in row]  # only the table holds pins
+
+
+def test_pins_apply_by_range_also_to_unlisted_versions() -> None:
+    text = (ROOT / "compat_matrix.yaml").read_text(encoding="utf-8")
+    table = 'pins:\n  "<0.12.0": ["transformers<5"]\n'
+    assert table in text
+    text = text.replace(
+        table, 'pins:\n  "<0.12.0": ["transformers<5"]\n  ">=0.11.1,<0.14": ["a<2", "transformers<5"]\n'
+    )
+    matrix = compat.parse_matrix(text)
+    assert matrix.release("0.11.0").pins == ("transformers<5",)  # type: ignore[union-attr]
+    assert matrix.release("0.11.2").pins == ("transformers<5", "a<2")  # type: ignore[union-attr]
+    assert matrix.release("0.13.0").pins == ("a<2", "transformers<5")  # type: ignore[union-attr]
+    assert matrix.release("0.14.1").pins == ()  # type: ignore[union-attr]
+    assert matrix.pins_for("0.11.3rc1") == ("transformers<5", "a<2")
+    assert matrix.pins_for("0.34.0") == ()
+    with pytest.raises(ValueError, match="Invalid specifier"):
+        compat.parse_matrix(text.replace('"<0.12.0"', '"before 0.12"'))

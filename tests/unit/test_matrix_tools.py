@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
+
+import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -17,19 +19,87 @@ def test_readme_table_is_generated_from_the_matrix() -> None:
     assert table.count("\n") == 36 + 1
 
 
-def test_record_results_round_trips(tmp_path: Path) -> None:
-    matrix = tmp_path / "compat_matrix.yaml"
-    shutil.copy(ROOT / "compat_matrix.yaml", matrix)
+def test_the_table_sorts_pre_releases_by_pep_440() -> None:
+    text = (ROOT / "compat_matrix.yaml").read_text(encoding="utf-8")
+    extra = "".join(
+        f'  - version: "{v}"\n    adapter: "render_chat_request_v0_27"\n    python: "3.12"\n'
+        for v in ["0.34.0", "0.34.0rc1", "0.9.2"]
+    )
+    matrix = matrix_tools.parse_matrix(text.replace("releases:\n", "releases:\n" + extra))
+    versions = [
+        row.split(" | ")[0].removeprefix("| ") for row in matrix_tools.render_table(matrix).splitlines()[2:]
+    ]
+    assert versions[:2] == ["0.9.2", "0.10.2"] and versions[-3:] == ["0.33.0", "0.34.0rc1", "0.34.0"]
+
+
+# --- recorded results: only this run's, pass and fail alike ---------------------------------------------
+
+
+def result(results: Path, version: str, outcome: str, run: str | None, kind: str = "vllm") -> None:
+    record = {"kind": kind, "version": version, "result": outcome, "date": "2026-12-02"}
+    matrix_tools.write_result(results, record if run is None else {**record, "run": run})
+
+
+@pytest.fixture
+def matrix(tmp_path: Path) -> Path:
+    path = tmp_path / "compat_matrix.yaml"
+    shutil.copy(ROOT / "compat_matrix.yaml", path)
+    return path
+
+
+def status(matrix: Path, version: str, kind: str = "vllm") -> dict[str, str] | None:
+    release = matrix_tools.load(matrix).release(version)
+    assert release is not None
+    return release.status.get(kind)
+
+
+def test_record_takes_only_the_named_run_pass_and_fail_alike(tmp_path: Path, matrix: Path) -> None:
     results = tmp_path / "results"
-    results.mkdir()
-    record = {"kind": "e2e", "version": "0.20.2", "result": "pass", "date": "2026-11-21"}
-    (results / "e2e-0.20.2.json").write_text(json.dumps(record))
-    assert matrix_tools.record_results(matrix, results) == 1
-    loaded = matrix_tools.load(matrix)
-    release = loaded.release("0.20.2")
-    assert release is not None and release.status["e2e"] == {"result": "pass", "date": "2026-11-21"}
-    assert loaded.ci_versions == matrix_tools.load(ROOT / "compat_matrix.yaml").ci_versions
+    result(results, "0.20.2", "pass", "run-old")  # a stale file of an earlier invocation
+    result(results, "0.21.0", "fail", None)  # written before results carried a run id
+    result(results, "0.33.0", "fail", "run-now")
+    result(results, "0.10.2", "pass", "run-now", kind="e2e")
+    before = {v: status(matrix, v) for v in ["0.20.2", "0.21.0"]}
+    assert matrix_tools.record_results(matrix, results, "run-now") == 2
+    assert status(matrix, "0.33.0") == {"result": "fail", "date": "2026-12-02"}
+    assert status(matrix, "0.10.2", "e2e") == {"result": "pass", "date": "2026-12-02"}
+    assert {v: status(matrix, v) for v in ["0.20.2", "0.21.0"]} == before  # not this run: untouched
+    assert matrix_tools.load(matrix).ci_versions == matrix_tools.load(ROOT / "compat_matrix.yaml").ci_versions
     assert matrix.read_text().startswith("# The single source of truth")
+
+
+def test_record_of_a_named_earlier_run_or_all(tmp_path: Path, matrix: Path) -> None:
+    results = tmp_path / "results"
+    result(results, "0.20.2", "fail", "run-old")
+    result(results, "0.21.0", "fail", None)
+    assert matrix_tools.record_results(matrix, results, "run-missing") == 0
+    assert [r["version"] for r in matrix_tools.select_results(results, "run-old")] == ["0.20.2"]
+    assert matrix_tools.record_results(matrix, results, None) == 2  # --all: every file
+    assert status(matrix, "0.20.2") == status(matrix, "0.21.0") == {"result": "fail", "date": "2026-12-02"}
+
+
+def test_a_new_result_replaces_the_file_of_an_earlier_run(tmp_path: Path) -> None:
+    result(tmp_path, "0.33.0", "pass", "run-old")
+    result(tmp_path, "0.33.0", "fail", "run-new")
+    assert matrix_tools.select_results(tmp_path, None) == [
+        {"kind": "vllm", "version": "0.33.0", "result": "fail", "date": "2026-12-02", "run": "run-new"}
+    ]
+
+
+# --- the pins table -----------------------------------------------------------------------------------------
+
+
+def test_the_repo_matrix_is_in_the_canonical_layout_with_its_pins_table() -> None:
+    text = (ROOT / "compat_matrix.yaml").read_text(encoding="utf-8")
+    assert matrix_tools.dump(yaml.safe_load(text), matrix_tools._header(text)) == text
+    assert '\npins:\n  "<0.12.0": ["transformers<5"]\n\nreleases:\n' in text
+
+
+def test_dump_refuses_pins_on_a_row() -> None:
+    data = yaml.safe_load((ROOT / "compat_matrix.yaml").read_text(encoding="utf-8"))
+    data["releases"][0]["pins"] = ["transformers<5"]
+    with pytest.raises(ValueError, match="top-level `pins` table"):
+        matrix_tools.dump(data, "# header\n")
 
 
 def test_cpu_torch_overrides_pin_the_matching_companions() -> None:
@@ -39,3 +109,135 @@ def test_cpu_torch_overrides_pin_the_matching_companions() -> None:
         "torchaudio==2.10.0",
     ]
     assert matrix_tools.cpu_torch_overrides("2.13.0") == ["torch==2.13.0", "torchvision==0.28.0"]
+
+
+# --- adapter ranges in the docs ----------------------------------------------------------------------------
+
+DOC_FILES = ["compat_matrix.yaml", "README.md", "CHANGELOG.md", "docs/architecture.md"]
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A copy of what check-docs reads."""
+    for name in DOC_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "vllm_tokens_patch" / "adapters", tmp_path / "vllm_tokens_patch" / "adapters")
+    return tmp_path
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new), encoding="utf-8")
+
+
+def test_the_docs_state_the_matrix_adapter_ranges() -> None:
+    assert matrix_tools.check_docs(ROOT) == []
+    assert matrix_tools.adapter_ranges(matrix_tools.load(ROOT / "compat_matrix.yaml")) == {
+        "preprocess_chat_v0_10": ("0.10.2", "0.12.0"),
+        "preprocess_chat_v0_13": ("0.13.0", "0.14.1"),
+        "render_chat_request_v0_15": ("0.15.0", "0.15.1"),
+        "render_chat_request_v0_16": ("0.16.0", "0.26.0"),
+        "render_chat_request_v0_27": ("0.27.0", "0.33.0"),
+    }
+
+
+def test_a_new_release_makes_every_stale_statement_fail(tree: Path) -> None:
+    matrix = tree / "compat_matrix.yaml"
+    data = yaml.safe_load(matrix.read_text(encoding="utf-8"))
+    data["releases"].append({"version": "0.34.0", "adapter": "render_chat_request_v0_27", "python": "3.12"})
+    matrix.write_text(matrix_tools.dump(data, matrix_tools._header(matrix.read_text())), encoding="utf-8")
+    problems = matrix_tools.check_docs(tree)
+    assert all("0.33.0, the matrix says 0.27.0 - 0.34.0" in p for p in problems), problems
+    assert [p.split(":")[0] for p in problems] == [
+        "vllm_tokens_patch/adapters/render_chat_request_v0_27.py",
+        "README.md",
+        "docs/architecture.md",
+        "CHANGELOG.md (current section)",  # the fast-path entry
+        "CHANGELOG.md (current section)",  # the list of adapters
+    ]
+
+
+def test_loose_range_statements_fail(tree: Path) -> None:
+    edit(tree / "docs/architecture.md", "| 0.13.0-0.14.1: the same", "| 0.13-0.14: the same")
+    edit(tree / "CHANGELOG.md", "`render_chat_request_v0_15` (0.15.0-0.15.1)", "`render_chat_request_v0_15`")
+    edit(
+        tree / "CHANGELOG.md",
+        "- Adapters `preprocess_chat_v0_10`",
+        "- On 0.15.0-0.15.1: `preprocess_chat_v0_10`",
+    )
+    edit(
+        tree / "README.md",
+        "| 0.15.0 - 0.15.1 | `render_chat_request_v0_15` |",
+        "| 0.15.x | `render_chat_request_v0_15` |",
+    )
+    problems = matrix_tools.check_docs(tree)
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "`render_chat_request_v0_15`: the row states no range A - B",
+        "`preprocess_chat_v0_13` 0.13-0.14: write full X.Y.Z versions",
+        "range 0.15.0-0.15.1 next to an adapter name, not as `name` (A-B)",
+    ]
+
+
+def test_a_docstring_without_its_range_fails(tree: Path) -> None:
+    adapters = tree / "vllm_tokens_patch" / "adapters"
+    edit(adapters / "render_chat_request_v0_15.py", '"""vLLM 0.15.0 - 0.15.1:', '"""vLLM 0.15:')
+    (adapters / "render_chat_request_v0_99.py").write_text('"""vLLM 0.99.0 - 0.99.1: x."""\n')
+    assert [p.split(": ", 1)[1] for p in matrix_tools.check_docs(tree)] == [
+        "the docstring does not start with 'vLLM A - B'",
+        "no release in the matrix uses this adapter",
+    ]
+
+
+def test_older_changelog_sections_and_the_generated_table_are_not_checked(tree: Path) -> None:
+    changelog = tree / "CHANGELOG.md"
+    changelog.write_text(
+        changelog.read_text() + "\n## 0.0.9\n\n- `render_chat_request_v0_27` (0.27.0-0.28.0).\n"
+    )
+    old = "| 0.33.0 | `render_chat_request_v0_27` |"
+    edit(tree / "README.md", old, "| 0.33.0 - 0.40.0 | `render_chat_request_v0_27` |")
+    assert matrix_tools.check_docs(tree) == []
+    changelog.write_text(
+        "# Changelog\n\n## 0.1.1 (unreleased)\n\n- `render_chat_request_v0_27` (0.27.0-0.28.0).\n"
+    )
+    assert matrix_tools.check_docs(tree) == [
+        "CHANGELOG.md (current section):5: `render_chat_request_v0_27` 0.27.0-0.28.0, "
+        "the matrix says 0.27.0 - 0.33.0"
+    ]
+
+
+# --- coverage: every adapter's own code ran in a vllm-<X> session ------------------------------------------
+
+
+def report(lines_by_adapter: dict[str, dict[str, list[str]]]) -> dict[str, object]:
+    return {
+        "files": {f"vllm_tokens_patch/adapters/{n}.py": {"contexts": c} for n, c in lines_by_adapter.items()}
+    }
+
+
+def code_line(name: str) -> str:
+    """A line of adapter `name`'s own code: in a method body, else (a declarative adapter) `ADAPTER = ...`."""
+    text = (ROOT / "vllm_tokens_patch" / "adapters" / f"{name}.py").read_text(encoding="utf-8")
+    body = matrix_tools._function_body_lines(text)
+    lines = text.splitlines()
+    return str(
+        min(body) if body else next(n for n, line in enumerate(lines, 1) if line.startswith("ADAPTER ="))
+    )
+
+
+def test_an_adapter_counts_as_executed_only_if_its_code_ran_on_a_release_of_its_own() -> None:
+    matrix = matrix_tools.load(ROOT / "compat_matrix.yaml")
+    own = {"preprocess_chat_v0_10": "vllm-0.10.2", "preprocess_chat_v0_13": "vllm-0.14.1"}
+    own |= {"render_chat_request_v0_15": "vllm-0.15.1", "render_chat_request_v0_16": "vllm-0.25.1"}
+    own |= {"render_chat_request_v0_27": "vllm-0.33.0"}
+    ran = {name: {code_line(name): [context], "1": ["unit"]} for name, context in own.items()}
+    assert matrix_tools.unexecuted_adapters(report(ran), ROOT, matrix) == []
+    ran["preprocess_chat_v0_13"] = {"1": ["vllm-0.14.1"], code_line("preprocess_chat_v0_13"): ["unit"]}
+    ran["render_chat_request_v0_15"] = {code_line("render_chat_request_v0_15"): ["vllm-0.25.1"]}
+    del ran["render_chat_request_v0_16"]
+    assert matrix_tools.unexecuted_adapters(report(ran), ROOT, matrix) == [
+        "vllm_tokens_patch/adapters/preprocess_chat_v0_13.py",  # imported on its release, ran in unit only
+        "vllm_tokens_patch/adapters/render_chat_request_v0_15.py",  # ran as v0_16's base only
+        "vllm_tokens_patch/adapters/render_chat_request_v0_16.py",  # not measured at all
+    ]

