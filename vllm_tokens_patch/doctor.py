@@ -3,8 +3,8 @@
 It reports the installed vLLM (and which distribution provides it), whether vLLM will load the plugin
 (entry point visible, not excluded by `VLLM_PLUGINS`), the adapter the compatibility matrix picks and
 whether that release was tested (and when), every vLLM location the adapter needs, whether the route
-mounts on an app the way vLLM builds it, the fast path, and the settings in force. Exit status 0 when
-all is well, 1 otherwise; `--json` for machines.
+mounts on an app the way vLLM builds it (from 0.15.0), the fast path, and the settings in force. Exit
+status 0 when all is well, 1 otherwise; `--json` for machines.
 """
 
 from __future__ import annotations
@@ -89,7 +89,8 @@ def _targets(report: Report, adapter: Adapter) -> None:
 
 
 def _mounts(report: Report, adapter: Adapter, route_path: str) -> None:
-    """Mount the route the way vLLM does: call the route hook with an app (0.15+: `attach_router(app)`)."""
+    """Mount the route the way vLLM does: call the route hook with a bare app. Only where the hook takes
+    an app (`attach_router(app)`, from 0.15.0); `build_app(args)` before that needs vLLM's CLI args."""
     if adapter.route_hook.attribute != "attach_router":
         report.add(
             "route mounts", None, f"not checked: {adapter.route_hook} builds the whole app from CLI args"

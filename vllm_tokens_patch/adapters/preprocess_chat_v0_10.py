@@ -7,6 +7,9 @@ live on `openai.api_server` (imported before plugins load; `build_app` is looked
 Render methods report client errors by raising `ValueError` (the serving method turns it into a 400
 before any stream, appending `" None"` to the message, as for every error in this era), and
 `create_error_response` takes no `param`.
+
+Upstream: the oldest supported layout, not made necessary by a change. It can go when the project drops
+vLLM < 0.13 (vLLM PR #30612, below, broke its return shape).
 """
 
 from __future__ import annotations

@@ -1,6 +1,12 @@
 """vLLM 0.15.0 - 0.15.1: `OpenAIServingChat.render_chat_request` appears. The length check is still
 `OpenAIServing._validate_input` (the base default), and the route returns a raised error as HTTP 200,
-so a render method must *return* vLLM's `ErrorResponse` (the default `error_from_render`)."""
+so a render method must *return* vLLM's `ErrorResponse` (the default `error_from_render`).
+
+Upstream: vLLM PR #32473 "[Frontend] Add render endpoints for prompt preprocessing" (January 2026)
+extracted `render_chat_request()` from `create_chat_completion()`, and the chat-serving refactor series
+(PR #32240, "[Refactor] [6/N] ... chat_completion serving architecture") moved chat into the
+`chat_completion` package with `api_router.attach_router`; both first released in 0.15.0. It can go
+when the project drops vLLM < 0.16."""
 
 from __future__ import annotations
 

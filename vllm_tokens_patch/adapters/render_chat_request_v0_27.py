@@ -3,7 +3,13 @@ prefill/decode): `kv_transfer_params["prompt_token_ids"]` makes the online rende
 them to the engine without applying the chat template or tokenizing `messages`, while tool-choice
 validation, `adjust_request` and output parsing still run. The fast path hands `tokens` to that branch.
 It has no length check (the shared core runs one) and, from 0.32, validates the ids itself (the core
-validates them first, so errors name `tokens`). Can go when vLLM takes prompt ids as a chat request field."""
+validates them first, so errors name `tokens`).
+
+Upstream: vLLM PR #48145 "[Frontend] Reuse prefill token ids on the decode chat path for disaggregated
+serving" (merged 2026-07-29, first released in 0.27.0). A release that accepts prompt ids as a chat
+request field (PR #55771 "[Frontend] Accept pre-tokenized prompt_token_ids in /v1/chat/completions", open
+as of 2026-12-01) would get its own adapter feeding that field; this one goes when the project drops the
+releases before that."""
 
 from __future__ import annotations
 
