@@ -6,7 +6,7 @@ One HTTP request per turn, no `/tokenize`, no local tokenizer: turn 1 goes to vL
 splices the new messages on with the model's own chat template. Truncated turns and tool results need
 nothing special. `TokenChatClient` is synchronous, `AsyncTokenChatClient` its asyncio twin.
 
-Needs `httpx`: `pip install vllm-tokens-patch[client]`.
+Needs `httpx`: the `[client]` extra (`pip install 'vllm-tokens-patch[client]'`, or `'.[client]'` in a clone).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from vllm_tokens_patch.settings import Settings
 
 try:
     import httpx
-except ImportError as exc:  # pragma: no cover - exercised by the extra's absence only
+except ImportError as exc:  # tests/unit/test_client.py, in a subprocess
     raise ImportError(
-        "vllm_tokens_patch.client needs httpx: pip install 'vllm-tokens-patch[client]'"
+        "vllm_tokens_patch.client needs httpx, the [client] extra: pip install 'vllm-tokens-patch[client]' "
+        "(or '.[client]' in a clone)"
     ) from exc
 
 STOCK_ROUTE = "/v1/chat/completions"

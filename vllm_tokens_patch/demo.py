@@ -8,7 +8,7 @@ model's chat template; one turn is cut short by `max_tokens` and one answers wit
 turn the table shows that the engine's prompt starts with exactly the ids so far (0 positions changed),
 how many ids the server added (the bridge), and how many positions of the prompt the stock route renders
 from the same conversation differ from it (the drift). `nox -s demo` starts a CPU `vllm serve` for it.
-Needs `httpx` (`pip install vllm-tokens-patch[client]`).
+Needs `httpx` (the `[client]` extra).
 """
 
 from __future__ import annotations

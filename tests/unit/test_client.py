@@ -148,3 +148,15 @@ def test_demo_table() -> None:
     row = Turn(2, "user", 30, 12, "sampled", "stop", 33, 12, 0, "mismatch")
     table = format_table([row])
     assert table.splitlines()[2] == "| 2 | user | 30 | 12 | sampled | stop | 33 | 12 | 0 | mismatch |"
+
+
+def test_without_httpx_the_import_error_names_the_extra() -> None:
+    """The client's one dependency is the `[client]` extra: without it, say so (not a bare httpx error)."""
+    import subprocess
+    import sys
+
+    blocked = "import sys; sys.modules['httpx'] = None; import vllm_tokens_patch.client"
+    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "ImportError: vllm_tokens_patch.client needs httpx, the [client] extra" in done.stderr
+    assert "pip install 'vllm-tokens-patch[client]'" in done.stderr
