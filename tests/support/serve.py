@@ -24,7 +24,7 @@ CPU_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
     "VLLM_LOGGING_LEVEL": "INFO",
 }
-"""What makes a tiny model fit 2 cores (../shared/cpu-vllm.md): 1 GiB KV cache, no hub access."""
+"""What makes a tiny model fit 2 cores: a 1 GiB KV cache, no hub access."""
 CPU_ARGS = ("--enforce-eager", "--max-model-len", "512", "--dtype", "bfloat16")
 
 
@@ -44,14 +44,13 @@ class VllmServer:
         *,
         log_path: Path,
         env: dict[str, str] | None = None,
-        vllm: Path | None = None,
         startup_timeout: float = 900.0,
     ) -> None:
         self.model = model
         self.args = [*CPU_ARGS, *args]
         self.log_path = log_path
         self.env = {**os.environ, **CPU_ENV, **(env or {})}
-        self.vllm = vllm or Path(sys.executable).parent / "vllm"
+        self.vllm = Path(sys.executable).parent / "vllm"
         self.startup_timeout = startup_timeout
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None

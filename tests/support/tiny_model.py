@@ -45,7 +45,7 @@ User assistant system tool function call result answer question think reason ste
 
 
 def build_tiny_model(path: Path, *, with_weights: bool = True, max_position_embeddings: int = 4096) -> Path:
-    """Write tokenizer, config and (optionally) random bf16 weights into `path`; return it."""
+    """Write tokenizer, config (dtype bfloat16) and, optionally, random float32 weights; return `path`."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     path.mkdir(parents=True, exist_ok=True)

@@ -158,9 +158,15 @@ def test_register_is_idempotent_and_unpatch_restores(fake_vllm: Path) -> None:
     plugin.register()
     plugin.register()
     app = build_app()
+    plugin.register()
+    again = build_app()  # a second app after a third register(): nothing may stack
     assert isinstance(router.attach_router, plugin.PatchWrapper)
     assert router.attach_router.__wrapped__ is original_hook
     assert serving.__dict__["render_chat_request"].__wrapped__ is original_render
+    for built in (app, again):
+        assert [r.path for r in built.routes].count("/v1/chat/completions/tokens") == 1
+        swapped = call(built, {**PAYLOAD, "tokens": [7, 7, 8]})  # a second swap would see its own ids
+        assert swapped.headers["x-vllm-tokens-verification"] == "mismatch", "swapped twice"
     plugin.unpatch()
     plugin.unpatch()
     assert router.attach_router is original_hook

@@ -14,11 +14,18 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "support")]
 
-from harness import VllmApp, build_vllm_app  # noqa: E402
+from harness import VllmApp, app_functions, build_vllm_app, code_objects, wrappers  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402
 
 API_KEY = "test-key"
 MAX_MODEL_LEN = 256
+
+app_functions()  # imports the modules vLLM builds its app from, before vLLM loads the plugin (in `build`)
+PRISTINE = code_objects()
+"""Every vLLM, FastAPI and Starlette function and class loaded so far, as they were before any plugin ran:
+what `unpatch` must give back (taken here, not from the plugin's own records)."""
+PRISTINE_WRAPPERS = wrappers()
+"""Wrappers already present then (none: else `PRISTINE` was taken too late)."""
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,16 @@ import asyncio
 import dataclasses
 import importlib
 import inspect
-from collections.abc import AsyncIterator, Sequence
+import json
+import socket
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import wrapt
 
 
 def _first_attr(candidates: Sequence[tuple[str, str]]) -> Any:
@@ -369,3 +373,96 @@ def normalize(payload: Any) -> Any:
             for key, value in payload.items()
         }
     return payload
+
+
+# --- where a patch can sit, seen from outside the plugin --------------------------------------------------
+
+PROXY = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
+"""Every wrapt wrapper (ours or anyone's) is one (wrapt 2 has a base class under `ObjectProxy`)."""
+WATCHED = ("vllm", "fastapi", "starlette")
+"""The packages whose code a plugin of vLLM's HTTP app could patch."""
+
+
+def namespaces() -> Iterator[tuple[str, Any]]:
+    """Every loaded module of `WATCHED` packages and every class each defines (`module:Class`)."""
+    for name, module in sorted(sys.modules.items()):
+        if module is None or name.partition(".")[0] not in WATCHED:
+            continue
+        yield name, module
+        for value in list(vars(module).values()):
+            if isinstance(value, type) and value.__module__ == name:
+                yield f"{name}:{value.__qualname__}", value
+
+
+def _code_like(value: Any) -> bool:
+    """Functions, classes and descriptors: what a patch replaces (plain module data legitimately changes)."""
+    return callable(value) or isinstance(value, staticmethod | classmethod | property)
+
+
+def code_objects() -> dict[tuple[str, str], Any]:
+    """`(namespace, attribute) -> object` for everything code-like stored in `namespaces()`."""
+    return {
+        (where, attribute): value
+        for where, owner in namespaces()
+        for attribute, value in list(vars(owner).items())
+        if _code_like(value)
+    }
+
+
+def wrappers() -> dict[tuple[str, str], Any]:
+    """`(namespace, attribute) -> wrapper` for every wrapt wrapper stored in `namespaces()`."""
+    return {key: value for key, value in code_objects().items() if isinstance(value, PROXY)}
+
+
+def owner_of(where: str) -> Any:
+    module, _, qualname = where.partition(":")
+    owner: Any = sys.modules[module]
+    for part in filter(None, qualname.split(".")):
+        owner = getattr(owner, part)
+    return owner
+
+
+# --- the model directory, loaded by vLLM in a process with no network ------------------------------------
+
+
+def load_offline(model: str, max_model_len: int) -> dict[str, Any]:
+    """vLLM's own config and tokenizer loading for `model` (as `build_vllm_app` and `AsyncLLM` do), with
+    every outbound TCP connection and name lookup refused and recorded."""
+    attempts: list[str] = []
+    connect = socket.socket.connect
+
+    def refuse_connect(self: socket.socket, address: Any) -> None:
+        if self.family in (socket.AF_INET, socket.AF_INET6) and self.type == socket.SOCK_STREAM:
+            attempts.append(f"connect {address!r}")
+            raise OSError(f"no network in this test: connect {address!r}")
+        connect(self, address)
+
+    def refuse_lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+        attempts.append(f"getaddrinfo {host!r}")
+        raise socket.gaierror(f"no network in this test: {host!r}")
+
+    socket.socket.connect = refuse_connect  # type: ignore[method-assign]
+    socket.getaddrinfo = refuse_lookup
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    engine_args = EngineArgs(model=model, max_model_len=max_model_len, dtype="float32", enforce_eager=True)
+    vllm_config = engine_args.create_engine_config()
+    _, _, tokenizer = _input_processor(vllm_config)
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    messages = [{"role": "user", "content": "Hello world"}]
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return {
+        "attempts": attempts,
+        "max_model_len": vllm_config.model_config.max_model_len,
+        "vocab_size": vllm_config.model_config.get_vocab_size(),
+        "architectures": list(getattr(vllm_config.model_config.hf_config, "architectures", None) or []),
+        "text": text,
+        "ids": list(tokenizer.encode(text, add_special_tokens=False)),
+        "decoded": tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)),
+        "im_start": tokenizer.convert_tokens_to_ids("<|im_start|>"),
+    }
+
+
+if __name__ == "__main__":  # `python harness.py MODEL MAX_MODEL_LEN`: what `load_offline` found, as JSON
+    print("\n" + json.dumps(load_offline(sys.argv[1], int(sys.argv[2]))))

@@ -7,18 +7,23 @@ the plugin was loaded by vLLM through its entry point while the engine args were
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import harness
 import pytest
 import vllm
-from conftest import API_KEY, MAX_MODEL_LEN, LoggerRecords, Records
+from conftest import API_KEY, MAX_MODEL_LEN, PRISTINE, PRISTINE_WRAPPERS, LoggerRecords, Records
+from doctor_cli import doctor_report
 from harness import Script, VllmApp, normalize, parse_sse
+from vllm_errors import assert_vllm_error, error_info
 
 import vllm_tokens_patch
 from vllm_tokens_patch import adapters, compat, plugin
@@ -258,52 +263,75 @@ def test_reasoning_is_parsed_on_the_token_route(
         assert normalize(ours.json()) == normalize(stock.json())
 
 
-# --- bad input: 4xx JSON before any stream ------------------------------------------------------------
+# --- bad input: 400 JSON before any stream (the README's "Errors" table) -------------------------------
+
+VALIDATION, REFUSAL = "validation", "refusal"
+"""Every bad input below is a 400 (README "Errors"). A validation error is vLLM's own request-validation
+error (the type its handler gives); a refusal is an error vLLM's serving code makes (the type the stock
+route's own refusals carry)."""
+CONTEXT_LENGTH = "maximum context length"
+"""What the README promises a too-long prompt's message says."""
+TOO_LONG_MESSAGES = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 40}]
+"""Renders past `MAX_MODEL_LEN`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bad:
+    kind: str
+    fields: dict[str, Any]
+    says: str | None = None
+
 
 BAD_INPUTS = {
-    "empty": {"tokens": []},
-    "negative": {"tokens": [1, -1, 2]},
-    "past-vocabulary": {"tokens": [1, 10**6]},
-    "float": {"tokens": [1, 2.5]},
-    "string": {"tokens": [1, "2"]},
-    "bool": {"tokens": [1, True]},
-    "not-a-list": {"tokens": 5},
-    "missing": {},
-    "longer-than-max-model-len": {"tokens": [1] * (MAX_MODEL_LEN + 10)},
-    "exactly-max-model-len": {"tokens": [1] * MAX_MODEL_LEN},
-    "multimodal": {
-        "tokens": [1, 2, 3],
-        "messages": [
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": "what is this"},
-                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-                ],
-            }
-        ],
-    },
-    "kv-prompt-token-ids": {"tokens": [1, 2, 3], "kv_transfer_params": {"prompt_token_ids": [1, 2, 3]}},
-    "truncate-prompt-tokens": {"tokens": [1, 2, 3], "truncate_prompt_tokens": 2},
+    "empty": Bad(VALIDATION, {"tokens": []}),
+    "negative": Bad(VALIDATION, {"tokens": [1, -1, 2]}),
+    "past-vocabulary": Bad(REFUSAL, {"tokens": [1, 10**6]}),
+    "float": Bad(VALIDATION, {"tokens": [1, 2.5]}),
+    "string": Bad(VALIDATION, {"tokens": [1, "2"]}),
+    "bool": Bad(VALIDATION, {"tokens": [1, True]}),
+    "not-a-list": Bad(VALIDATION, {"tokens": 5}),
+    "missing": Bad(VALIDATION, {}),
+    "longer-than-max-model-len": Bad(REFUSAL, {"tokens": [1] * (MAX_MODEL_LEN + 10)}, CONTEXT_LENGTH),
+    "exactly-max-model-len": Bad(REFUSAL, {"tokens": [1] * MAX_MODEL_LEN}, CONTEXT_LENGTH),
+    "multimodal": Bad(
+        REFUSAL,
+        {
+            "tokens": [1, 2, 3],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                    ],
+                }
+            ],
+        },
+    ),
+    "kv-prompt-token-ids": Bad(
+        REFUSAL, {"tokens": [1, 2, 3], "kv_transfer_params": {"prompt_token_ids": [1, 2, 3]}}
+    ),
+    "truncate-prompt-tokens": Bad(REFUSAL, {"tokens": [1, 2, 3], "truncate_prompt_tokens": 2}),
 }
 
 
-@pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_is_a_4xx_json_error_before_any_stream(
-    run: Any, served: VllmApp, case: str, stream: bool, mode: dict[str, Any]
-) -> None:
-    seen = len(served.engine.prompts)
-    payload = body(served, stream=stream, **BAD_INPUTS[case], **mode)
-    response = post(run, served, ROUTE, payload)
-    assert 400 <= response.status_code < 500, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    error = response.json()
-    message = (error.get("error") or error).get("message") or error.get("detail")
-    assert message, error
-    assert len(served.engine.prompts) == seen, "nothing may reach the engine"
-    healthy = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES)))
-    assert healthy.status_code == 200, healthy.text
+@pytest.fixture(scope="module")
+def stock_errors(run: Any, served: VllmApp) -> dict[str, dict[str, Any]]:
+    """This vLLM's own error bodies, asked of its stock chat route on the same app: a request that fails
+    validation, and one its render refuses (too long). Both must be vLLM's own `ErrorResponse` (the class
+    its validation handler builds), in full."""
+    from fastapi.exceptions import RequestValidationError
+
+    invalid = post(run, served, STOCK, {"model": served.args.model, "messages": "not a list"})
+    refused = post(run, served, STOCK, body(served, TOO_LONG_MESSAGES))
+    assert invalid.status_code == 400, invalid.text
+    assert CONTEXT_LENGTH in refused.text, refused.text
+    handler = served.app.exception_handlers[RequestValidationError]
+    error_response = handler.__globals__["ErrorResponse"]
+    errors = {VALIDATION: invalid.json(), REFUSAL: refused.json()}
+    for error in errors.values():
+        assert error_response.model_validate(error).model_dump(mode="json") == error, error
+    return errors
 
 
 def test_verifiers_token_client_request_shape(run: Any, served: VllmApp) -> None:
@@ -436,7 +464,7 @@ def test_fast_path_is_where_the_matrix_says() -> None:
 def test_fast_path_skips_the_render_where_the_matrix_says(run: Any, served: VllmApp) -> None:
     """`messages` that render past `max_model_len` with short `tokens`: vLLM refuses them when it renders
     (default mode, and releases without a fast path); the fast path never renders them."""
-    too_long = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 40}]
+    too_long = TOO_LONG_MESSAGES
     assert len(served.chat_ids(too_long)) > MAX_MODEL_LEN
     tokens = served.chat_ids(MESSAGES)
     rendered = post(run, served, ROUTE, body(served, too_long, tokens=tokens))
@@ -609,41 +637,52 @@ def test_splice_continues_the_final_message_verbatim(run: Any, served: VllmApp, 
 
 
 SPLICE_BAD_INPUTS = {
-    "both-id-lists": {
-        "messages": [*FIRST_TURN, ANSWER, *FIRST_TURN],
-        "tokens": [1, 2],
-        "prefix_tokens": [1, 2],
-    },
-    "neither-id-list": {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "tokens": None},
-    "no-assistant-message": {"messages": FIRST_TURN, "prefix_tokens": [1, 2, 3]},
-    "nothing-after-the-assistant": {"messages": [*FIRST_TURN, ANSWER], "prefix_tokens": [1, 2, 3]},
-    "prefix-past-vocabulary": {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "prefix_tokens": [1, 10**6]},
-    "prefix-negative": {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "prefix_tokens": [1, -2]},
-    "prefix-empty": {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "prefix_tokens": []},
-    "spliced-past-max-model-len": {
-        "messages": [*FIRST_TURN, ANSWER, *FIRST_TURN],
-        "prefix_tokens": [1] * (MAX_MODEL_LEN - 3),
-    },
+    "both-id-lists": Bad(
+        VALIDATION,
+        {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "tokens": [1, 2], "prefix_tokens": [1, 2]},
+    ),
+    "neither-id-list": Bad(VALIDATION, {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "tokens": None}),
+    "no-assistant-message": Bad(REFUSAL, {"messages": FIRST_TURN, "prefix_tokens": [1, 2, 3]}),
+    "nothing-after-the-assistant": Bad(
+        REFUSAL, {"messages": [*FIRST_TURN, ANSWER], "prefix_tokens": [1, 2, 3]}
+    ),
+    "prefix-past-vocabulary": Bad(
+        REFUSAL, {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "prefix_tokens": [1, 10**6]}
+    ),
+    "prefix-negative": Bad(
+        VALIDATION, {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "prefix_tokens": [1, -2]}
+    ),
+    "prefix-empty": Bad(VALIDATION, {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "prefix_tokens": []}),
+    "spliced-past-max-model-len": Bad(
+        REFUSAL,
+        {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "prefix_tokens": [1] * (MAX_MODEL_LEN - 3)},
+        CONTEXT_LENGTH,
+    ),
 }
 
 
+ALL_BAD_INPUTS = {**BAD_INPUTS, **SPLICE_BAD_INPUTS}
+assert len(ALL_BAD_INPUTS) == len(BAD_INPUTS) + len(SPLICE_BAD_INPUTS)
+
+
 @pytest.mark.parametrize("stream", [False, True])
-@pytest.mark.parametrize("case", sorted(SPLICE_BAD_INPUTS))
-def test_splice_bad_input_is_a_400_before_any_stream(
-    run: Any, served: VllmApp, case: str, stream: bool, mode: dict[str, Any]
+@pytest.mark.parametrize("case", sorted(ALL_BAD_INPUTS))
+def test_bad_input_is_a_400_json_error_before_any_stream(
+    run: Any, served: VllmApp, stock_errors: dict[str, Any], case: str, stream: bool, mode: dict[str, Any]
 ) -> None:
+    """README "Errors": a 400 in this vLLM's own error format (JSON, also for `stream: true`) before
+    anything reaches the engine; the app keeps serving."""
+    bad = ALL_BAD_INPUTS[case]
     seen = len(served.engine.prompts)
-    payload = {
-        "model": served.args.model,
-        "temperature": 0,
-        "stream": stream,
-        **SPLICE_BAD_INPUTS[case],
-        **mode,
-    }
-    response = post(run, served, ROUTE, payload)
-    assert response.status_code == 400, (response.status_code, response.text)
-    assert response.headers["content-type"].startswith("application/json")
+    response = post(run, served, ROUTE, body(served, **bad.fields, stream=stream, **mode))
+    like = stock_errors[bad.kind]
+    info = assert_vllm_error(response, 400, like=like)
+    assert info["type"] == error_info(like)["type"], (info, like)
+    if bad.says is not None:
+        assert bad.says in info["message"], info
     assert len(served.engine.prompts) == seen, "nothing may reach the engine"
+    healthy = post(run, served, ROUTE, body(served, tokens=served.chat_ids(MESSAGES)))
+    assert healthy.status_code == 200, healthy.text
 
 
 def test_api_key_is_required(run: Any, served: VllmApp) -> None:
@@ -658,14 +697,7 @@ def test_api_key_is_required(run: Any, served: VllmApp) -> None:
 
 
 def test_doctor_reports_this_release_in_a_fresh_process() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "vllm_tokens_patch", "doctor", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads(done.stdout[done.stdout.index("{") :])
+    report = doctor_report()
     row = matrix_row()
     assert (report["vllm_version"], report["adapter"], report["tested"]) == (
         vllm.__version__,
@@ -700,50 +732,86 @@ def test_doctor_names_a_missing_target(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- patch lifecycle (these rebuild apps; keep them last) -------------------------------------------------
 
 
-def _patched_places() -> list[tuple[Any, str]]:
-    """(owner, attribute) of every place the active adapter patches: the route hook and render methods."""
-    adapter = plugin._state.adapter
-    assert adapter is not None
-    locations = [adapter.route_hook, *(target.location for target in adapter.render_targets)]
-    return [(location.resolve_owner(), location.attribute) for location in locations]
+MISSING = object()
 
 
-def _raw(owner: Any, attribute: str) -> Any:
-    """The attribute as stored (class access would hand back a bound wrapper), or as inherited."""
-    return vars(owner).get(attribute, getattr(owner, attribute))
+def _restored(wrapper_at: tuple[str, str], wrapper: Any) -> tuple[bool, Any]:
+    """Whether the place a wrapper sat holds what it wrapped again (stored there, or inherited again when
+    a base class stores it: the subclass only inherited it before), and what it holds now."""
+    where, attribute = wrapper_at
+    owner = harness.owner_of(where)
+    now = vars(owner).get(attribute, MISSING)
+    inherited = isinstance(owner, type) and any(
+        vars(base).get(attribute, MISSING) is wrapper.__wrapped__ for base in owner.__mro__[1:]
+    )
+    if inherited:
+        return now is MISSING and inspect.getattr_static(owner, attribute) is wrapper.__wrapped__, now
+    return now is wrapper.__wrapped__, now
 
 
-def _current() -> list[Any]:
-    return [_raw(owner, attribute) for owner, attribute in _patched_places()]
-
-
-def test_register_twice_is_harmless(served: VllmApp) -> None:
-    before = (_current(), plugin.status())
+def test_register_twice_wraps_once_and_mounts_once(run: Any, build: Any, served: VllmApp) -> None:
+    """By effect: an app built after two more `register()` calls, and the running one, each have the route
+    once, and the ids are swapped once (a second swap would compare the ids with themselves: `match`)."""
     vllm_tokens_patch.register()
     vllm_tokens_patch.register()
-    assert (_current(), plugin.status()) == before
-    for obj in _current():
-        assert isinstance(obj, plugin.PatchWrapper)
-        assert not isinstance(obj.__wrapped__, plugin.PatchWrapper), "wrapped twice"
+    fresh = build()
+    for app in (served, fresh):
+        assert route_paths(app.app.router.routes).count(ROUTE) == 1
+        rendered = app.chat_ids(MESSAGES)
+        response = post(run, app, ROUTE, body(app, tokens=drifted(rendered)))
+        assert response.status_code == 200, response.text
+        assert response.headers["x-vllm-tokens-verification"] == "mismatch", "swapped twice"
+        assert response.headers["x-vllm-tokens-first-mismatch"] == str(len(rendered) - 1)
+        assert app.engine.prompts[-1]["prompt_token_ids"] == drifted(rendered)
+    found = harness.wrappers()
+    assert any(where.startswith("vllm.") for where, _ in found), found
+    doubled = [place for place, wrapper in found.items() if isinstance(wrapper.__wrapped__, harness.PROXY)]
+    assert doubled == [], "wrapped twice"
 
 
 def test_unpatch_restores_every_original_and_register_reapplies(
     run: Any, build: Any, served: VllmApp
 ) -> None:
-    places = _patched_places()
-    originals = [obj.__wrapped__ for obj in _current()]
+    """Where the patches sit is found by scanning vLLM's, FastAPI's and Starlette's modules for wrapt
+    wrappers; what they must give back, by the wrappers themselves and a snapshot taken before vLLM loaded
+    the plugin (`conftest.PRISTINE`), never by the plugin's records."""
+    assert PRISTINE_WRAPPERS == {}, "the snapshot was taken after something patched vLLM"
+    patched = harness.wrappers()
+    assert any(where.startswith("vllm.") for where, _ in patched), patched
+    assert any(where.startswith("fastapi.") for where, _ in patched), "the serving check wraps FastAPI"
+    before = harness.code_objects()
     vllm_tokens_patch.unpatch()
     try:
-        assert [_raw(owner, attribute) for owner, attribute in places] == originals
-        assert not any(
-            isinstance(obj, plugin.PatchWrapper) for owner, _ in places for obj in vars(owner).values()
-        )
+        after = harness.code_objects()
+        assert harness.wrappers() == {}, "a wrapper remains"
+        for place, wrapper in patched.items():
+            restored, now = _restored(place, wrapper)
+            assert restored, (place, now, wrapper.__wrapped__)
+        changed = [
+            key for key in before.keys() & after.keys() - patched.keys() if before[key] is not after[key]
+        ]
+        assert changed == [], "unpatch changed what it had not patched"
+        # vLLM itself replaces a few objects while it serves (pydantic rebuilds a config dataclass's
+        # `__init__`); with no wrapper there, that was not a patch, and the rest must be as before vLLM
+        # loaded the plugin
+        by_vllm = {key for key in PRISTINE.keys() - patched.keys() if before.get(key) is not PRISTINE[key]}
+        not_back = [key for key in PRISTINE.keys() - by_vllm if after.get(key, MISSING) is not PRISTINE[key]]
+        assert not_back == [], "not as before vLLM loaded the plugin"
+        pristine_owners = {where for where, _ in PRISTINE}
+        added = [
+            key
+            for key in after.keys() - PRISTINE.keys()
+            if key[0] in pristine_owners and (key in patched or key not in before)
+        ]
+        assert added == [], "left in a namespace that did not hold it before the plugin"
         assert ROUTE not in route_paths(served.app.router.routes)
         assert post(run, served, ROUTE, body(served, tokens=[1, 2, 3])).status_code in (404, 405)
         stock = post(run, served, STOCK, body(served))
         assert stock.status_code == 200
         assert served.engine.prompts[-1]["prompt_token_ids"] == served.chat_ids(MESSAGES)
         vllm_tokens_patch.unpatch()  # idempotent
+        again = harness.code_objects()
+        assert [key for key, value in after.items() if again.get(key) is not value] == []
     finally:
         vllm_tokens_patch.register()
     fresh = build()
@@ -832,5 +900,22 @@ def test_server_wide_verify_off_takes_the_fast_path(run: Any, build: Any, monkey
         vllm_tokens_patch.register()
 
 
-def test_model_dir_is_offline(model_dir: Path) -> None:
-    assert (model_dir / "tokenizer.json").is_file()
+def test_model_dir_is_offline(model_dir: Path, tmp_path: Path) -> None:
+    """The suite's model directory is all vLLM needs: a fresh process with an empty Hugging Face cache, the
+    hub switched off and every outbound connection refused loads its config and tokenizer through vLLM's
+    own loaders, and the tokenizer renders the chat template."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    done = subprocess.run(
+        [sys.executable, harness.__file__, str(model_dir), str(MAX_MODEL_LEN)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded["attempts"] == [], "reached for the network"
+    assert loaded["max_model_len"] == MAX_MODEL_LEN and loaded["vocab_size"] > 0, loaded
+    assert loaded["architectures"] == ["LlamaForCausalLM"], loaded
+    assert loaded["text"].startswith("<|im_start|>user") and loaded["decoded"] == loaded["text"], loaded
+    assert loaded["ids"][0] == loaded["im_start"], loaded

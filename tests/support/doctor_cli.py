@@ -1,0 +1,21 @@
+"""`python -m vllm_tokens_patch doctor --json` in a fresh interpreter, as a user runs it (tests/vllm, e2e)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+
+def doctor_report(timeout: float = 300) -> dict[str, Any]:
+    """The doctor's JSON report; it must exit 0 (vLLM's own log lines may precede the JSON)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "vllm_tokens_patch", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report: dict[str, Any] = json.loads(done.stdout[done.stdout.index("{") :])
+    return report
