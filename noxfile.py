@@ -148,7 +148,7 @@ def _install_vllm(session: nox.Session, release: matrix_tools.Release, *extra: s
     plugin as a user gets it: a built wheel loaded through its entry point."""
     _vllm_env(session)
     session.install(f"vllm=={release.version}", *release.pins, "--override", str(OVERRIDES))
-    session.install(*REINSTALL_OURS, ".", "./tests/support/cpu_platform", "httpx", *extra)
+    session.install(*REINSTALL_OURS, ".", "./testbed/cpu_platform", "httpx", *extra)
 
 
 def _run_recorded(

@@ -2,7 +2,7 @@
 
 The tokenizer is `anthropic/tokenizer.json` from the PyPI package `anthropic==0.34.2` (the bench session
 fetches it without dependencies). The directory is the tiny test model's (config, generation config,
-ChatML template from tests/support/tiny_model.py) with its tokenizer swapped for this one, plus the
+ChatML template from testbed/tiny_model.py) with its tokenizer swapped for this one, plus the
 ChatML and tool-call/think special tokens that vLLM's parsers look up. No weights: the engine is fake.
 """
 

@@ -1,7 +1,7 @@
 """What a token-in request costs on vLLM's real app, against the stock chat route, in one process.
 
 vLLM's real app (arg parser, engine config, renderer/tokenizer, `build_app`, middlewares, routes) around
-the fake engine of the behaviour suite (tests/vllm/harness.py), so the engine costs nothing and what is
+the fake engine of the behaviour suite (testbed/harness.py), so the engine costs nothing and what is
 measured is HTTP parsing, validation, chat-template rendering, tokenization and response building. Every
 request goes through the app's in-process httpx ASGI client; bodies are JSON-encoded once, outside the
 timed region, so client-side encoding is not counted. Each case is one request kind for the same prompt:
@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests" / "vllm"), str(ROOT / "tests" / "support")]
+sys.path[:0] = [str(ROOT / "testbed")]
 
 from bpe_model import build_bpe_model  # noqa: E402
 from harness import VllmApp, build_vllm_app  # noqa: E402
@@ -72,7 +72,7 @@ SIZES = {"1k": 1024, "4k": 4096, "16k": 16384, "32k": 32768, "multi-turn-8k": 81
 """Target rendered prompt tokens; `multi-turn-*`: 66 alternating user/assistant messages + a new user one."""
 TURN_MESSAGES = 66
 TOKENIZERS = {
-    "tiny-1k": "tests/support/tiny_model.py: byte-level BPE, VOCAB_SIZE 1024 (fewer ids trained)",
+    "tiny-1k": "testbed/tiny_model.py: byte-level BPE, VOCAB_SIZE 1024 (fewer ids trained)",
     "bpe-65k": "anthropic==0.34.2 anthropic/tokenizer.json: byte-level BPE, 65k vocab, + ChatML specials",
 }
 _WORDS = (

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "support"))
+sys.path.insert(0, str(ROOT / "testbed"))
 
 from serve import VllmServer  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402

@@ -181,38 +181,31 @@ class TokensSwap:
     def render_sync(
         self, render: Callable[..., Any], serving: Any, target: RenderTarget, args: Any, kwargs: Any
     ) -> Any:
-        request = args[0] if args else kwargs["request"]
-        steps = self._splice_plan(request)
-        step = _advance(steps.send, None)
-        while isinstance(step, splice.RenderAsk):
-            call_args, call_kwargs = self._stand_in(target, args, kwargs, step)
-            try:
-                rendered = render(*call_args, **call_kwargs)
-            except Exception as exc:  # a template that refuses the stand-in conversation
-                rendered = exc
-            step = self._answer(steps, rendered)
-        if isinstance(step, splice.SpliceError):
-            metrics.refused("splice")
-            return self.adapter.error_from_render(serving, str(step), step.param)
-        call, refused = self.begin(serving, request, self._spliced(request, step.value), args, kwargs)
-        if refused is not None:
-            return refused
-        try:
-            result = render(*args, **kwargs)
-        finally:
-            call.undo()
-        return self.finish(call, serving, args, kwargs, result)
+        calls = self._render_calls(serving, target, args, kwargs)
+        ask = _next_call(calls, _Outcome())
+        while not isinstance(ask, _Finished):
+            ask = _next_call(calls, _Outcome.of(render, ask))
+        return ask.value
 
     async def render_async(
         self, render: Callable[..., Any], serving: Any, target: RenderTarget, args: Any, kwargs: Any
     ) -> Any:
+        calls = self._render_calls(serving, target, args, kwargs)
+        ask = _next_call(calls, _Outcome())
+        while not isinstance(ask, _Finished):
+            ask = _next_call(calls, await _Outcome.of_awaited(render, ask))
+        return ask.value
+
+    def _render_calls(self, serving: Any, target: RenderTarget, args: Any, kwargs: Any) -> _RenderCalls:
+        """The render calls of one token request (the splice's stand-ins, then the request's own), written
+        once for the sync and async render methods: it yields each call's arguments and is sent the result
+        or thrown the exception; it returns what the render method returns."""
         request = args[0] if args else kwargs["request"]
         steps = self._splice_plan(request)
         step = _advance(steps.send, None)
         while isinstance(step, splice.RenderAsk):
-            call_args, call_kwargs = self._stand_in(target, args, kwargs, step)
             try:
-                rendered = await render(*call_args, **call_kwargs)
+                rendered = yield self._stand_in(target, args, kwargs, step)
             except Exception as exc:  # a template that refuses the stand-in conversation
                 rendered = exc
             step = self._answer(steps, rendered)
@@ -223,7 +216,7 @@ class TokensSwap:
         if refused is not None:
             return refused
         try:
-            result = await render(*args, **kwargs)
+            result = yield tuple(args), dict(kwargs)
         finally:
             call.undo()
         return self.finish(call, serving, args, kwargs, result)
@@ -353,6 +346,45 @@ def _advance(move: Callable[[Any], splice.RenderAsk], value: Any) -> _Step:
         return _Done(done.value)
     except splice.SpliceError as exc:
         return exc
+
+
+_CallArgs = tuple[tuple[Any, ...], dict[str, Any]]
+_RenderCalls = Generator[_CallArgs, Any, Any]
+
+
+@dataclass(frozen=True)
+class _Finished:
+    value: Any
+    """What the render method returns."""
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """A render call's result or exception, to send or throw into `_render_calls`."""
+
+    value: Any = None
+    error: BaseException | None = None
+
+    @classmethod
+    def of(cls, render: Callable[..., Any], call: _CallArgs) -> _Outcome:
+        try:
+            return cls(render(*call[0], **call[1]))
+        except BaseException as exc:  # thrown back in: the request's own render re-raises it
+            return cls(error=exc)
+
+    @classmethod
+    async def of_awaited(cls, render: Callable[..., Any], call: _CallArgs) -> _Outcome:
+        try:
+            return cls(await render(*call[0], **call[1]))
+        except BaseException as exc:  # cancellation included: the undo in `_render_calls` must run
+            return cls(error=exc)
+
+
+def _next_call(calls: _RenderCalls, outcome: _Outcome) -> _CallArgs | _Finished:
+    try:
+        return calls.send(outcome.value) if outcome.error is None else calls.throw(outcome.error)
+    except StopIteration as done:
+        return _Finished(done.value)
 
 
 def _no_splice(tokens: list[int]) -> _Steps:

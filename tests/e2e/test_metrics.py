@@ -15,8 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from serve import VllmServer
 from test_serve import MESSAGES, post
 
+from vllm_tokens_patch.settings import Settings
+
 PREFIX = "vllm_tokens_patch_"
-ROUTE = "/v1/chat/completions/tokens"
+ROUTE = Settings.route_path
 MISMATCHES = 60
 """Enough that each of the two API servers sees more than the 10 it logs at WARNING (by default)."""
 LINE_PID = re.compile(r"^\(\w+ pid=(\d+)\)")

@@ -19,9 +19,12 @@ from vllm_errors import assert_vllm_error, error_info
 
 from vllm_tokens_patch.client import TokenChatClient
 from vllm_tokens_patch.demo import format_table, rollout
+from vllm_tokens_patch.settings import Settings
 
 MESSAGES = [{"role": "user", "content": "Hello world, how are you today?"}]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+TOKENS_ROUTE = Settings.route_path
 
 
 def post(url: str, **kwargs: Any) -> httpx.Response:
@@ -48,7 +51,7 @@ def test_doctor_on_real_vllm_cpu() -> None:
 
 def test_plugin_loaded_once_per_api_server(server: VllmServer) -> None:
     log = server.log_text()
-    assert log.count("vllm-tokens-patch: POST /v1/chat/completions/tokens enabled") == 1, server.log_tail()
+    assert log.count(f"vllm-tokens-patch: POST {TOKENS_ROUTE} enabled") == 1, server.log_tail()
     assert "Traceback" not in log
 
 
@@ -67,7 +70,7 @@ def test_ids_agree_everywhere_and_completions_match(server: VllmServer, model: P
     params = {"model": str(model), "messages": MESSAGES, "temperature": 0, "max_tokens": 16}
     stock = client.chat.completions.create(**params, extra_body={"return_token_ids": True})
     ours = client.post(
-        "/chat/completions/tokens",
+        TOKENS_ROUTE.removeprefix("/v1"),
         body={**params, "tokens": local, "return_token_ids": True},
         cast_to=ChatCompletion,
     )
@@ -84,7 +87,7 @@ def test_fast_path_feeds_the_same_ids_and_samples_the_same(server: VllmServer, m
     answers = {}
     for mode, switch in (("default", {}), ("fast", {"vllm_tokens_patch_verify": False})):
         response = post(
-            f"{server.url}/v1/chat/completions/tokens",
+            f"{server.url}{TOKENS_ROUTE}",
             json={**params, "tokens": tokens, "return_token_ids": True, **switch},
             headers=AUTH,
         )
@@ -136,9 +139,7 @@ def test_streaming_on_the_token_route(server: VllmServer, model: Path) -> None:
         "return_token_ids": True,
     }
     events = []
-    with httpx.stream(
-        "POST", f"{server.url}/v1/chat/completions/tokens", json=body, headers=AUTH, timeout=60
-    ) as response:
+    with httpx.stream("POST", f"{server.url}{TOKENS_ROUTE}", json=body, headers=AUTH, timeout=60) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["x-vllm-tokens-verification"] == "match"
@@ -154,8 +155,8 @@ def test_streaming_on_the_token_route(server: VllmServer, model: Path) -> None:
 
 def test_api_key(server: VllmServer, model: Path) -> None:
     body = {"model": str(model), "messages": MESSAGES, "tokens": [1, 2, 3], "max_tokens": 2}
-    assert post(f"{server.url}/v1/chat/completions/tokens", json=body).status_code == 401
-    assert post(f"{server.url}/v1/chat/completions/tokens", json=body, headers=AUTH).status_code == 200
+    assert post(f"{server.url}{TOKENS_ROUTE}", json=body).status_code == 401
+    assert post(f"{server.url}{TOKENS_ROUTE}", json=body, headers=AUTH).status_code == 200
 
 
 def test_mismatch_is_logged_and_reported(server: VllmServer, model: Path) -> None:
@@ -168,7 +169,7 @@ def test_mismatch_is_logged_and_reported(server: VllmServer, model: Path) -> Non
         "max_tokens": 2,
         "request_id": "e2e-drift-42",
     }
-    response = post(f"{server.url}/v1/chat/completions/tokens", json=body, headers=AUTH)
+    response = post(f"{server.url}{TOKENS_ROUTE}", json=body, headers=AUTH)
     assert response.status_code == 200
     assert response.headers["x-vllm-tokens-verification"] == "mismatch"
     assert response.headers["x-vllm-tokens-first-mismatch"] == "3"
@@ -176,7 +177,6 @@ def test_mismatch_is_logged_and_reported(server: VllmServer, model: Path) -> Non
     assert len(lines) == 1 and "first difference at index 3" in lines[0], lines
 
 
-TOKENS_ROUTE = "/v1/chat/completions/tokens"
 STOCK_ROUTE = "/v1/chat/completions"
 TOO_LONG_MESSAGES = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 120}]
 VALIDATION, REFUSAL = "validation", "refusal"
@@ -254,7 +254,7 @@ def test_inputs_only_the_engine_checks_are_4xx_before_any_stream(
     error itself, with vLLM's body and status."""
     body = {"model": str(model), "messages": MESSAGES, "max_tokens": 4, "stream": True, **fields}
     response = post(
-        f"{server.url}/v1/chat/completions/tokens",
+        f"{server.url}{TOKENS_ROUTE}",
         json={**body, "tokens": tokenize(server, model)},
         headers=AUTH,
     )
@@ -282,5 +282,5 @@ def test_two_api_servers_both_serve_the_route(multi_server: VllmServer, model: P
         results = list(pool.map(one, range(50)))
     client.close()
     assert [r[-2] for r in results] == [5 + i % 7 for i in range(50)]
-    enabled = multi_server.log_text().count("vllm-tokens-patch: POST /v1/chat/completions/tokens enabled")
+    enabled = multi_server.log_text().count(f"vllm-tokens-patch: POST {TOKENS_ROUTE} enabled")
     assert enabled == 2, multi_server.log_tail()

@@ -68,6 +68,21 @@ def _chatml_tool_results(role: str) -> str:
     )
 
 
+def _chatml_tool_calls(content: str) -> str:
+    """An assistant turn's calls in ChatML (a newline before each but a first one with no `content`),
+    then the close of the turn."""
+    return (
+        "{%- for call in message.tool_calls or [] %}\n{%- if "
+        + content
+        + """ or not loop.first %}{{- '\\n' }}{%- endif %}
+{{- '<tool_call>\\n{"name": "' + call.function.name + '", "arguments": ' }}"""
+        + _args()
+        + """{{- '}\\n</tool_call>' }}
+{%- endfor %}{{- '<|im_end|>\\n' }}
+"""
+    )
+
+
 # 1. ChatML / Qwen2.5: default system, tools in the system turn, tool results merged into one user turn.
 CHATML = (
     """{%- if messages[0].role == 'system' %}{%- set system = messages[0].content %}
@@ -80,13 +95,8 @@ CHATML = (
     + _SYSTEM_FIRST
     + _CHATML_USER
     + """{%- elif message.role == 'assistant' %}{{- '<|im_start|>assistant\\n' + (message.content or '') }}
-{%- for call in message.tool_calls or [] %}
-{%- if message.content or not loop.first %}{{- '\\n' }}{%- endif %}
-{{- '<tool_call>\\n{"name": "' + call.function.name + '", "arguments": ' }}"""
-    + _args()
-    + """{{- '}\\n</tool_call>' }}
-{%- endfor %}{{- '<|im_end|>\\n' }}
 """
+    + _chatml_tool_calls("message.content")
     + _chatml_tool_results("user")
     + _UNKNOWN_ROLE
     + _CHATML_GENERATION_PROMPT
@@ -110,13 +120,8 @@ QWEN3 = (
 {%- if loop.index0 < ns.last_query and '</think>' in content %}
 {%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}
 {{- '<|im_start|>assistant\\n' + content }}
-{%- for call in message.tool_calls or [] %}
-{%- if content or not loop.first %}{{- '\\n' }}{%- endif %}
-{{- '<tool_call>\\n{"name": "' + call.function.name + '", "arguments": ' }}"""
-    + _args()
-    + """{{- '}\\n</tool_call>' }}
-{%- endfor %}{{- '<|im_end|>\\n' }}
 """
+    + _chatml_tool_calls("content")
     + _chatml_tool_results("user")
     + _UNKNOWN_ROLE
     + """{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}

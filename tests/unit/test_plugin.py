@@ -164,7 +164,7 @@ def test_register_is_idempotent_and_unpatch_restores(fake_vllm: Path) -> None:
     assert router.attach_router.__wrapped__ is original_hook
     assert serving.__dict__["render_chat_request"].__wrapped__ is original_render
     for built in (app, again):
-        assert [r.path for r in built.routes].count("/v1/chat/completions/tokens") == 1
+        assert [r.path for r in built.routes].count(settings.Settings.route_path) == 1
         swapped = call(built, {**PAYLOAD, "tokens": [7, 7, 8]})  # a second swap would see its own ids
         assert swapped.headers["x-vllm-tokens-verification"] == "mismatch", "swapped twice"
     plugin.unpatch()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "support")]
+sys.path[:0] = [str(HERE), str(HERE.parent / "support"), str(HERE.parents[1] / "testbed")]
 
 from harness import VllmApp, app_functions, build_vllm_app, code_objects, wrappers  # noqa: E402
 from tiny_model import build_tiny_model  # noqa: E402

@@ -28,8 +28,9 @@ from vllm_errors import assert_vllm_error, error_info
 import vllm_tokens_patch
 from vllm_tokens_patch import adapters, compat, plugin
 from vllm_tokens_patch.adapters import Location
+from vllm_tokens_patch.settings import Settings
 
-ROUTE = "/v1/chat/completions/tokens"
+ROUTE = Settings.route_path
 STOCK = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "Hello world, how are you today?"}]
 TOOLS = [

@@ -219,11 +219,12 @@ import asyncio, json, sys
 from pathlib import Path
 sys.path[:0] = sys.argv[3:]
 from harness import build_vllm_app
+from vllm_tokens_patch.settings import Settings
 
 async def main(model, read):
     app = await build_vllm_app(Path(model))
     ids = app.chat_ids([{"role": "user", "content": "Hello"}])
-    url = "/v1/chat/completions/tokens"
+    url = Settings.route_path
     body = {"model": app.args.model, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2}
     statuses = [
         (await app.client.post(url, json={**body, "tokens": [*ids[:-1], ids[-1] - 1]})).status_code,
@@ -243,7 +244,7 @@ def test_api_servers_sharing_a_multiprocess_dir_add_up(model_dir: Path, tmp_path
     shared = tmp_path / "prometheus"
     shared.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)}
-    paths = [str(HERE), str(HERE.parent / "support")]
+    paths = [str(HERE), str(HERE.parent / "support"), str(HERE.parents[1] / "testbed")]
     results = []
     for read in ("no", "read"):
         done = subprocess.run(
