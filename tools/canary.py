@@ -26,14 +26,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from packaging.version import Version
+from repo_paths import ROOT
 
-from packaging.version import Version  # noqa: E402
-
-from vllm_tokens_patch import compat  # noqa: E402
-from vllm_tokens_patch.adapters import Adapter, Location, RenderTarget, load  # noqa: E402
+from vllm_tokens_patch import compat
+from vllm_tokens_patch.adapters import Adapter, Location, RenderTarget, load
 
 __all__ = [
     "Check",

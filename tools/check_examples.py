@@ -12,7 +12,8 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from repo_paths import ROOT
+
 EXAMPLES = ROOT / "examples"
 BLOCK = re.compile(r"(<!-- example: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- example-end -->)", re.DOTALL)
 LANGUAGE = {".py": "python", ".sh": "sh"}

@@ -10,13 +10,14 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "testbed"))
+from repo_paths import ROOT, TESTBED
 
-from serve import VllmServer  # noqa: E402
-from tiny_model import build_tiny_model  # noqa: E402
+sys.path.insert(0, str(TESTBED))
 
-from vllm_tokens_patch import demo  # noqa: E402
+from serve import VllmServer
+from tiny_model import build_tiny_model
+
+from vllm_tokens_patch import demo
 
 
 def main() -> int:

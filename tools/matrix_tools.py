@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from vllm_tokens_patch.compat import Matrix, Release, parse_matrix, parse_version  # noqa: E402
+from vllm_tokens_patch.compat import Matrix, Release, parse_matrix, parse_version
 
 __all__ = [
     "Matrix",

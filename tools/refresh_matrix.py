@@ -25,20 +25,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import canary
+import matrix_tools
 import yaml
 from packaging.version import Version
+from repo_paths import ROOT
 
-TOOLS = Path(__file__).resolve().parent
-ROOT = TOOLS.parent
-for _path in (str(ROOT), str(TOOLS)):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import canary  # noqa: E402
-import matrix_tools  # noqa: E402
-
-from vllm_tokens_patch import compat  # noqa: E402
-from vllm_tokens_patch.adapters import load  # noqa: E402
+from vllm_tokens_patch import compat
+from vllm_tokens_patch.adapters import load
 
 __all__ = ["CpuWheel", "adapters_newest_first", "build_row", "main", "newer_releases", "refresh_text"]
 

