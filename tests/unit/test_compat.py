@@ -42,7 +42,7 @@ def test_ci_set_has_every_adapter_and_the_oldest_and_newest_release() -> None:
         ("0.32.0+cpu", "render_chat_request_v0_27", False),  # a local build: not what was tested
         ("0.33.0rc1", "render_chat_request_v0_27", False),
         ("0.15.1.dev3", "render_chat_request_v0_15", False),
-        ("0.34.0", "render_chat_request_v0_27", False),
+        ("99.0.0", "render_chat_request_v0_27", False),  # newer than any row: the newest adapter
         ("0.20.3.dev12+g1234", "render_chat_request_v0_16", False),
         ("0.14.1", "preprocess_chat_v0_13", True),
         ("0.10.2", "preprocess_chat_v0_10", True),
@@ -80,7 +80,8 @@ def test_parse_version_orders_rc_dev_and_local_builds() -> None:
 
 
 def test_a_pre_release_of_the_newest_row_is_not_newer_than_the_matrix() -> None:
-    choice = compat.choose("0.33.1rc1")
+    major, minor, patch = compat.parse_version(compat.load_matrix().newest_supported.version).release[:3]
+    choice = compat.choose(f"{major}.{minor}.{patch + 1}rc1")
     assert (choice.adapter, choice.tested) == ("render_chat_request_v0_27", False)
     assert "newer than the compatibility matrix" in choice.reason
 
@@ -115,3 +116,15 @@ def test_pins_apply_by_range_also_to_unlisted_versions() -> None:
     assert matrix.pins_for("0.34.0") == ()
     with pytest.raises(ValueError, match="Invalid specifier"):
         compat.parse_matrix(text.replace('"<0.12.0"', '"before 0.12"'))
+
+
+def test_overrides_apply_by_range_and_carry_their_reason() -> None:
+    data = yaml.safe_load((ROOT / "compat_matrix.yaml").read_text(encoding="utf-8"))
+    assert all(entry["why"].strip() for entry in data["overrides"].values())
+    text = 'ci: {}\noverrides:\n  ">=0.33.0": {"requirements": ["a>=1"], "why": "w"}\n'
+    text += '  ">=0.34.0": ["b==2"]\nreleases:\n  - {version: "0.32.0", adapter: x}\n'
+    text += '  - {version: "0.34.0", adapter: x}\n'
+    matrix = compat.parse_matrix(text)
+    assert matrix.release("0.32.0").overrides == ()  # type: ignore[union-attr]
+    assert matrix.release("0.34.0").overrides == ("a>=1", "b==2")  # type: ignore[union-attr]
+    assert matrix.overrides_for("0.35.0rc1") == ("a>=1", "b==2")

@@ -16,20 +16,21 @@ import matrix_tools  # noqa: E402
 def test_readme_table_is_generated_from_the_matrix() -> None:
     table = matrix_tools.render_table(matrix_tools.load(ROOT / "compat_matrix.yaml"))
     assert table in (ROOT / "README.md").read_text(encoding="utf-8")
-    assert table.count("\n") == 36 + 1
+    assert table.count("\n") == len(matrix_tools.load(ROOT / "compat_matrix.yaml").releases) + 1
 
 
 def test_the_table_sorts_pre_releases_by_pep_440() -> None:
     text = (ROOT / "compat_matrix.yaml").read_text(encoding="utf-8")
     extra = "".join(
         f'  - version: "{v}"\n    adapter: "render_chat_request_v0_27"\n    python: "3.12"\n'
-        for v in ["0.34.0", "0.34.0rc1", "0.9.2"]
+        for v in ["99.0.0", "99.0.0rc1", "0.9.2"]
     )
     matrix = matrix_tools.parse_matrix(text.replace("releases:\n", "releases:\n" + extra))
     versions = [
         row.split(" | ")[0].removeprefix("| ") for row in matrix_tools.render_table(matrix).splitlines()[2:]
     ]
-    assert versions[:2] == ["0.9.2", "0.10.2"] and versions[-3:] == ["0.33.0", "0.34.0rc1", "0.34.0"]
+    newest = matrix_tools.load(ROOT / "compat_matrix.yaml").newest_supported.version
+    assert versions[:2] == ["0.9.2", "0.10.2"] and versions[-3:] == [newest, "99.0.0rc1", "99.0.0"]
 
 
 # --- recorded results: only this run's, pass and fail alike ---------------------------------------------
@@ -92,7 +93,7 @@ def test_a_new_result_replaces_the_file_of_an_earlier_run(tmp_path: Path) -> Non
 def test_the_repo_matrix_is_in_the_canonical_layout_with_its_pins_table() -> None:
     text = (ROOT / "compat_matrix.yaml").read_text(encoding="utf-8")
     assert matrix_tools.dump(yaml.safe_load(text), matrix_tools._header(text)) == text
-    assert '\npins:\n  "<0.12.0": ["transformers<5"]\n\nreleases:\n' in text
+    assert '\npins:\n  "<0.12.0": ["transformers<5"]\n\noverrides:\n' in text
 
 
 def test_dump_refuses_pins_on_a_row() -> None:
@@ -113,6 +114,8 @@ def test_cpu_torch_overrides_pin_the_matching_companions() -> None:
 
 # --- adapter ranges in the docs ----------------------------------------------------------------------------
 
+NEWEST = matrix_tools.load(ROOT / "compat_matrix.yaml").newest_supported.version
+"""The newest row: the last release of the newest adapter (so a new row needs no edit here)."""
 DOC_FILES = ["compat_matrix.yaml", "README.md", "CHANGELOG.md", "docs/architecture.md"]
 
 
@@ -139,17 +142,17 @@ def test_the_docs_state_the_matrix_adapter_ranges() -> None:
         "preprocess_chat_v0_13": ("0.13.0", "0.14.1"),
         "render_chat_request_v0_15": ("0.15.0", "0.15.1"),
         "render_chat_request_v0_16": ("0.16.0", "0.26.0"),
-        "render_chat_request_v0_27": ("0.27.0", "0.33.0"),
+        "render_chat_request_v0_27": ("0.27.0", NEWEST),
     }
 
 
 def test_a_new_release_makes_every_stale_statement_fail(tree: Path) -> None:
     matrix = tree / "compat_matrix.yaml"
     data = yaml.safe_load(matrix.read_text(encoding="utf-8"))
-    data["releases"].append({"version": "0.34.0", "adapter": "render_chat_request_v0_27", "python": "3.12"})
+    data["releases"].append({"version": "99.0.0", "adapter": "render_chat_request_v0_27", "python": "3.12"})
     matrix.write_text(matrix_tools.dump(data, matrix_tools._header(matrix.read_text())), encoding="utf-8")
     problems = matrix_tools.check_docs(tree)
-    assert all("0.33.0, the matrix says 0.27.0 - 0.34.0" in p for p in problems), problems
+    assert all(f"{NEWEST}, the matrix says 0.27.0 - 99.0.0" in p for p in problems), problems
     assert [p.split(":")[0] for p in problems] == [
         "vllm_tokens_patch/adapters/render_chat_request_v0_27.py",
         "README.md",
@@ -195,15 +198,15 @@ def test_older_changelog_sections_and_the_generated_table_are_not_checked(tree: 
     changelog.write_text(
         changelog.read_text() + "\n## 0.0.9\n\n- `render_chat_request_v0_27` (0.27.0-0.28.0).\n"
     )
-    old = "| 0.33.0 | `render_chat_request_v0_27` |"
-    edit(tree / "README.md", old, "| 0.33.0 - 0.40.0 | `render_chat_request_v0_27` |")
+    old = f"| {NEWEST} | `render_chat_request_v0_27` |"
+    edit(tree / "README.md", old, f"| {NEWEST} - 99.0.0 | `render_chat_request_v0_27` |")
     assert matrix_tools.check_docs(tree) == []
     changelog.write_text(
         "# Changelog\n\n## 0.1.1 (unreleased)\n\n- `render_chat_request_v0_27` (0.27.0-0.28.0).\n"
     )
     assert matrix_tools.check_docs(tree) == [
         "CHANGELOG.md (current section):5: `render_chat_request_v0_27` 0.27.0-0.28.0, "
-        "the matrix says 0.27.0 - 0.33.0"
+        f"the matrix says 0.27.0 - {NEWEST}"
     ]
 
 
@@ -230,7 +233,7 @@ def test_an_adapter_counts_as_executed_only_if_its_code_ran_on_a_release_of_its_
     matrix = matrix_tools.load(ROOT / "compat_matrix.yaml")
     own = {"preprocess_chat_v0_10": "vllm-0.10.2", "preprocess_chat_v0_13": "vllm-0.14.1"}
     own |= {"render_chat_request_v0_15": "vllm-0.15.1", "render_chat_request_v0_16": "vllm-0.25.1"}
-    own |= {"render_chat_request_v0_27": "vllm-0.33.0"}
+    own |= {"render_chat_request_v0_27": f"vllm-{NEWEST}"}
     ran = {name: {code_line(name): [context], "1": ["unit"]} for name, context in own.items()}
     assert matrix_tools.unexecuted_adapters(report(ran), ROOT, matrix) == []
     ran["preprocess_chat_v0_13"] = {"1": ["vllm-0.14.1"], code_line("preprocess_chat_v0_13"): ["unit"]}

@@ -1,4 +1,4 @@
-"""vLLM 0.27.0 - 0.33.0: as 0.16, plus a native reuse branch (vLLM PR #48145, for disaggregated
+"""vLLM 0.27.0 - 0.34.0: as 0.16, plus a native reuse branch (vLLM PR #48145, for disaggregated
 prefill/decode): `kv_transfer_params["prompt_token_ids"]` makes the online renderer pop those ids and feed
 them to the engine without applying the chat template or tokenizing `messages`, while tool-choice
 validation, `adjust_request` and output parsing still run. The fast path hands `tokens` to that branch.
