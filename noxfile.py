@@ -96,7 +96,7 @@ def unit(session: nox.Session) -> None:
 
 @nox.session(tags=["ci"])
 def families(session: nox.Session) -> None:
-    """splice.py against our own templates and tiny tokenizers of seven chat-template families (no vLLM)."""
+    """splice.py against our own templates and tiny tokenizers of our chat-template families (no vLLM)."""
     session.install(*REINSTALL_OURS, ".", "pytest", "transformers", "tokenizers", "jinja2", "coverage")
     _pytest(session, "tests/families")
 
@@ -177,7 +177,7 @@ def _vllm_session(release: matrix_tools.Release) -> None:
 
     @nox.session(name=f"vllm-{release.version}", python=release.python, tags=tags)
     def session_fn(session: nox.Session) -> None:
-        _install_vllm(session, release, "pytest", "coverage")
+        _install_vllm(session, release, "pytest", "coverage", "hypothesis")
         _run_recorded(session, "vllm", release.version, "tests/vllm")
 
     del session_fn
@@ -361,7 +361,7 @@ def vllm_latest(session: nox.Session) -> None:
     )
     where = "in the matrix" if listed else f"NOT in the matrix (newest row {NEWEST.version})"
     session.log(f"newest vLLM on PyPI: {version}, {where}")
-    _install_vllm(session, release, "pytest")
+    _install_vllm(session, release, "pytest", "hypothesis")
     if listed is None:
         matrix_bound = [
             "test_plugin_is_the_installed_wheel_loaded_by_vllm",

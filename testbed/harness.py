@@ -102,6 +102,10 @@ def _output_objects(
         "finish_reason": finish_reason,
         "stop_reason": None,
     }
+    if "weight_versions" in names:  # 0.34+: which weights sampled which output tokens
+        from vllm.outputs import WeightVersionSpan
+
+        completion_kwargs["weight_versions"] = [WeightVersionSpan("fake-weights", 0, len(token_ids))]
     completion = CompletionOutput(**{k: v for k, v in completion_kwargs.items() if k in names})
     return _call_with_supported(
         RequestOutput,
@@ -214,6 +218,8 @@ class FakeEngineMixin:
         self.vllm_config = vllm_config
         self.model_config = vllm_config.model_config
         self.prompts: list[dict[str, Any]] = []
+        self.generate_kwargs: list[dict[str, Any]] = []
+        """The keyword arguments of each `generate` call (e.g. 0.34's `session_id`)."""
         self.sampling_params: list[Any] = []
         self.script = Script(text="Hello there")
         self.io_processor = None
@@ -228,6 +234,7 @@ class FakeEngineMixin:
             prompt = {"prompt_token_ids": list(prompt.prompt_token_ids), "prompt": kwargs.get("prompt_text")}
         prompt = dict(prompt)
         self.prompts.append(prompt)
+        self.generate_kwargs.append(dict(kwargs))
         self.sampling_params.append(sampling_params)
         script = self.script
         if script.error is not None:

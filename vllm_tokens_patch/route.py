@@ -71,32 +71,75 @@ def set_verification_headers(response: Any, verification: Verification | None) -
         response.headers[FIRST_MISMATCH_HEADER] = str(verification.first_mismatch)
 
 
-def _json_decoder() -> tuple[Callable[[bytes], Any], type[Exception]]:
+def _json_decoder() -> Callable[[bytes], Any]:
     """msgspec (a vLLM dependency) decodes a long id list ~3x faster than the stdlib `json` FastAPI uses."""
     try:
         import msgspec
     except ImportError:  # pragma: no cover - every supported vLLM depends on msgspec
-        return json.loads, ValueError
-    return msgspec.json.Decoder().decode, msgspec.DecodeError
+        return json.loads
+    decode: Callable[[bytes], Any] = msgspec.json.Decoder().decode
+    return decode
 
 
-_decode_json, _JsonError = _json_decoder()
+_decode_json = _json_decoder()
+
+
+MAX_ECHOED_DEPTH = 32
+"""A validation error's `input` nested deeper than this is replaced by a summary: vLLM's error handlers
+`repr()` it (recursively), which a hostile body nested 10,000 deep would turn into a RecursionError (500)."""
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists/dicts more than `limit` deep (iterative: never recurses itself)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list | tuple):
+            if depth >= limit:
+                return True
+            stack.extend((child, depth + 1) for child in item if isinstance(child, list | tuple | dict))
+    return False
+
+
+def _bounded(value: Any) -> Any:
+    if _deeper_than(value, MAX_ECHOED_DEPTH):
+        return f"<{type(value).__name__} nested more than {MAX_ECHOED_DEPTH} deep>"
+    return value
+
+
+def _body_error(exc: BaseException) -> RequestValidationError:
+    """FastAPI's own error for a body that is not JSON (same `type` and `loc` as its stock routes)."""
+    detail = str(exc) if not isinstance(exc, RecursionError) else "nested too deep"
+    error = {"type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error", "input": {}}
+    return RequestValidationError([{**error, "ctx": {"error": detail}}], body=None)
 
 
 async def parse_request(request_model: type[Any], raw_request: Request) -> Any:
     """The body as `request_model`; errors raise FastAPI's `RequestValidationError` as FastAPI would for a
-    body parameter (same `loc`), so vLLM's own handler answers them (400, vLLM's error format)."""
+    body parameter (same `loc`), so vLLM's own handler answers them (400, vLLM's error format).
+
+    No byte string may become a 5xx: whatever the decoder raises (its `DecodeError`, a `RecursionError` on
+    deep nesting, a `UnicodeDecodeError`, an over-long integer's `ValueError`) is the client's malformed
+    body, and echoed inputs are bounded in depth (see `MAX_ECHOED_DEPTH`)."""
     body = await raw_request.body()
     try:
         data = _decode_json(body)
-    except _JsonError as exc:
-        error = {"type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error", "input": {}}
-        raise RequestValidationError([{**error, "ctx": {"error": str(exc)}}], body=body) from None
+    except Exception as exc:  # any decoder failure is a malformed body
+        raise _body_error(exc) from None
     try:
         return request_model.model_validate(data)
     except ValidationError as exc:
-        errors = [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
-        raise RequestValidationError(errors, body=data) from None
+        errors = []
+        for error in exc.errors(include_url=False):
+            error = {**error, "loc": ("body", *error["loc"])}
+            if "input" in error:
+                error["input"] = _bounded(error["input"])
+            errors.append(error)
+        raise RequestValidationError(errors, body=_bounded(data)) from None
+    except RecursionError:
+        raise _body_error(RecursionError()) from None
 
 
 def _stream_error(chunk: Any) -> tuple[dict[str, Any], int] | None:

@@ -17,6 +17,14 @@ differently, e.g. Llama's `<|eom_id|>`), and templates that refuse tool results 
 matching calls get that stand-in for the new messages too; the calls' own rendering is measured the same
 way and removed from the seam.
 
+Proof: the seam is only right if every new message's content is rendered in it. Some templates move a
+new message elsewhere (DeepSeek-V3 renders every system message right after BOS; others merge a late system
+note into the first system turn), where the prefix, rendered without it, can never have it. So the stand-in
+is rendered once more with every new message's text changed (`MARKER` appended): the first id where that
+render differs must lie in the seam. No difference at all means the template renders that text nowhere
+(the stock route drops it alike). Otherwise the splice is refused naming the messages that move (one
+render per new message, only then), so the common case costs one render more and never a wrong prompt.
+
 Seam rule: if the last prefix id is the first id of the seam (the model sampled `<|im_end|>`, or, GLM-style,
 the next role marker), it is not added twice; otherwise (a truncated turn, another stop id) the whole seam
 follows the sampled ids. This module is sans-I/O: `plan` yields `RenderAsk`s and is sent the rendered ids,
@@ -35,6 +43,9 @@ STAND_IN_CONTENTS = ("x", "y")
 """Two one-token contents: the two renders differ exactly there."""
 MAX_CONTENT_IDS = 4
 """More differing ids than this means the template did more with the stand-in than render its content."""
+MARKER = "\n."
+"""Appended to each new message's text in the proof render: it changes the ids wherever that text lands
+(also through a template's `trim`)."""
 
 CloseKind = Literal["sampled", "added", "none"]
 
@@ -92,6 +103,14 @@ def _materialized(message: Any) -> Any:
     return message
 
 
+def first_difference(left: Sequence[int], right: Sequence[int]) -> int | None:
+    """The first index where the two differ (the shorter length if one is a prefix of the other), or None."""
+    for index, (a, b) in enumerate(zip(left, right, strict=False)):
+        if a != b:
+            return index
+    return None if len(left) == len(right) else min(len(left), len(right))
+
+
 def common_suffix_length(left: Sequence[int], right: Sequence[int]) -> int:
     length = 0
     for a, b in zip(reversed(left), reversed(right), strict=False):
@@ -136,19 +155,104 @@ def _stand_in_calls(new: Sequence[Any]) -> list[dict[str, Any]]:
     return calls
 
 
+def _stand_in(
+    context: list[dict[str, Any]], content: str, tool_calls: list[dict[str, Any]] | None, new: Sequence[Any]
+) -> list[dict[str, Any]]:
+    # A fresh copy each time: vLLM may edit the messages it renders in place (0.15-0.18 rewrite an
+    # assistant's tool calls), and the request's own messages must reach its own render untouched.
+    return copy.deepcopy([*context, _assistant(content, tool_calls), *new])
+
+
 def _seam(
     context: list[dict[str, Any]],
     new: list[Any],
     add_generation_prompt: bool,
     tool_calls: list[dict[str, Any]] | None,
+    first_new: int = 0,
 ) -> Generator[RenderAsk, list[int], list[int]]:
+    """The seam after the stand-in assistant's content; with new messages (`first_new`: the first one's
+    index in the request), proven to hold all of their content (see `_prove`)."""
     renders = []
     for content in STAND_IN_CONTENTS:
-        # Fresh copies each time: vLLM may edit the messages it renders in place (0.15-0.18 rewrite an
-        # assistant's tool calls), and the request's own messages must reach its own render untouched.
-        messages = copy.deepcopy([*context, _assistant(content, tool_calls), *new])
+        messages = _stand_in(context, content, tool_calls, new)
         renders.append((yield RenderAsk(messages, add_generation_prompt)))
-    return _after_content(*renders)
+    seam = _after_content(*renders)
+    if new:
+        yield from _prove(context, tool_calls, new, add_generation_prompt, renders[0], len(seam), first_new)
+    return seam
+
+
+def _marked(message: Any) -> dict[str, Any] | None:
+    """A copy of a new message with `MARKER` appended to its text (a string content, or the last text part
+    of a list of parts), or None if it has no text (or is no mapping: vLLM's messages are dicts)."""
+    if not isinstance(message, Mapping):
+        return None
+    content = message.get("content")
+    if isinstance(content, str):
+        return {**message, "content": content + MARKER}
+    if isinstance(content, Sequence):
+        parts = list(content)
+        for index in reversed(range(len(parts))):
+            part = parts[index]
+            if isinstance(part, str):
+                parts[index] = part + MARKER
+            elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                parts[index] = {**part, "text": part["text"] + MARKER}
+            else:
+                continue
+            return {**message, "content": parts}
+    return None
+
+
+def _prove(
+    context: list[dict[str, Any]],
+    tool_calls: list[dict[str, Any]] | None,
+    new: list[Any],
+    add_generation_prompt: bool,
+    render: list[int],
+    seam_length: int,
+    first_new: int,
+) -> Generator[RenderAsk, list[int], None]:
+    """Refuse unless all the new messages' text lands in the seam of `render` (the stand-in with content
+    `STAND_IN_CONTENTS[0]`): a template that moves it into the earlier turns (to the start, into the first
+    system turn) would render a prompt the prefix cannot be the start of. One render with every text
+    changed; only if that moves, one per message to name the ones that do."""
+    start = len(render) - seam_length
+    marked = {index: m for index, message in enumerate(new) if (m := _marked(message)) is not None}
+
+    def moves(which: Sequence[int]) -> Generator[RenderAsk, list[int], bool]:
+        changed = [marked[index] if index in which else message for index, message in enumerate(new)]
+        ask = RenderAsk(_stand_in(context, STAND_IN_CONTENTS[0], tool_calls, changed), add_generation_prompt)
+        try:
+            ids = yield ask
+        except RenderRefused as exc:
+            raise SpliceError(f"vLLM cannot render the new messages after an assistant turn: {exc}") from None
+        differs = first_difference(render, ids)
+        return differs is not None and differs < start
+
+    if not marked or not (yield from moves(list(marked))):
+        return
+    culprits: list[int] = []
+    for index in marked:
+        if (yield from moves([index])):
+            culprits.append(index)
+    raise SpliceError(_moved_reason(new, culprits, first_new))
+
+
+def _moved_reason(new: Sequence[Any], culprits: Sequence[int], first_new: int) -> str:
+    if not culprits:  # only all of them together move something
+        return (
+            "the chat template renders the new messages (after the last assistant message) partly before the "
+            "end of that assistant turn, so they cannot be added after `prefix_tokens`; send `tokens` instead"
+        )
+    names = " and ".join(f"messages[{first_new + index}] ({_role(new[index])})" for index in culprits)
+    verb, it = ("is", "it") if len(culprits) == 1 else ("are", "them")
+    return (
+        f"{names} {verb} rendered by the chat template before the end of the last assistant message (this "
+        f"template moves {it} into the earlier turns, e.g. to the start of the conversation), so {it} cannot "
+        f"be added after `prefix_tokens`, which were rendered without {it}; send `tokens` instead, or put "
+        f"{it} at the start of the conversation from its first turn on"
+    )
 
 
 def _join(prefix: list[int], seam: list[int]) -> Splice:
@@ -165,15 +269,17 @@ def _seam_for_calls(
     add_generation_prompt: bool,
     calls: list[dict[str, Any]],
     plain_seam: list[int] | None,
+    first_new: int,
 ) -> Generator[RenderAsk, list[int], list[int]]:
     """The seam after a turn with tool calls, whose close may differ from a plain turn's (Llama's
     `<|eom_id|>`): the new messages' part from the plain stand-in (or, for templates that demand matching
-    calls, from one carrying `calls`), the close from a stand-in turn with `calls` minus their rendering."""
+    calls, from one carrying `calls`, proven there), the close from a stand-in turn with `calls` minus their
+    rendering (no new messages: nothing to prove)."""
     try:
         close = yield from _seam(context, [], False, None)
         end_with_calls = yield from _seam(context, [], False, calls)
         if plain_seam is None:
-            with_calls = yield from _seam(context, new, add_generation_prompt, calls)
+            with_calls = yield from _seam(context, new, add_generation_prompt, calls, first_new)
     except RenderRefused as exc:
         raise SpliceError(f"vLLM cannot render the new messages after an assistant turn: {exc}") from None
     if plain_seam is not None:
@@ -206,7 +312,8 @@ def plan(
             "`prefix_tokens` needs an assistant message in `messages`: the messages after the last one are "
             "the new turn (send `tokens` for a first turn)"
         )
-    new = [_materialized(message) for message in messages[assistants[-1] + 1 :]]
+    first_new = assistants[-1] + 1
+    new = [_materialized(message) for message in messages[first_new:]]
     if not new:
         if continue_final_message:  # the model resumes its own turn, e.g. after a truncation
             return Splice(len(prefix), [], "none")
@@ -220,7 +327,7 @@ def plan(
     context.append(dict(STAND_IN_USER))
     calls = _field(_materialized(messages[assistants[-1]]), "tool_calls") or None
     try:
-        seam: list[int] | None = yield from _seam(context, new, add_generation_prompt, None)
+        seam: list[int] | None = yield from _seam(context, new, add_generation_prompt, None, first_new)
     except RenderRefused as plain_refused:
         seam, calls = None, calls or _stand_in_calls(new)
         if not calls:
@@ -228,6 +335,6 @@ def plan(
                 f"vLLM cannot render the new messages after an assistant turn: {plain_refused}"
             ) from None
     if calls:
-        seam = yield from _seam_for_calls(context, new, add_generation_prompt, list(calls), seam)
+        seam = yield from _seam_for_calls(context, new, add_generation_prompt, list(calls), seam, first_new)
     assert seam is not None
     return _join(prefix, seam)

@@ -75,6 +75,14 @@ def first_difference(rendered: Sequence[int], tokens: Sequence[int]) -> int | No
     return shorter
 
 
+def prompt_text(tokens: list[int], context: RenderContext) -> str | None:
+    """The text of the ids the engine is fed, for `return_prompt_text` (None without a tokenizer)."""
+    if context.tokenizer is None:
+        return None
+    text: str = context.tokenizer.decode(tokens, skip_special_tokens=False)
+    return text
+
+
 def vocabulary_bound(context: RenderContext) -> int | None:
     """The largest id vLLM's engine accepts: `max(tokenizer.max_token_id, vocab_size - 1)`."""
     bounds = []
@@ -312,9 +320,13 @@ class TokensSwap:
 
         rendered = prompt["prompt_token_ids"]
         request._tokens_verification = self._verify(request, call.verify, rendered, tokens)
+        wants_text = getattr(request, self.adapter.prompt_text_switch, None)
+        text = prompt.get("prompt") if wants_text and rendered == tokens else None
         prompt["prompt_token_ids"] = tokens
         for key in self.adapter.derived_prompt_keys:
             prompt.pop(key, None)
+        if wants_text:  # the text of what the engine is fed: the render's when the ids are the same
+            prompt["prompt"] = text if text is not None else prompt_text(tokens, context)
         self.adapter.after_swap(result, tokens)
         return result
 

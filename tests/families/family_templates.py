@@ -1,4 +1,4 @@
-"""Our own chat templates and tiny tokenizers for seven chat-template families and one strict template.
+"""Our own chat templates and tiny tokenizers for ten chat-template families and one strict template.
 
 Every template is written here from the structure facts of each family (turn markers, where tools and tool
 results go, what is dropped on re-render); none is copied from a model repository. Each tokenizer is a
@@ -285,7 +285,85 @@ DEEPSEEK = (
 )
 
 
-# 8. Strict: ChatML-shaped, but every tool result must answer a call (by id) of the assistant turn before.
+# 8. DeepSeek-V3: every system message, wherever it is, joined (blank line between) right after BOS; the
+# loop renders user, assistant and tool turns only, so any other role (`developer`) is rendered nowhere.
+DEEPSEEK_V3 = (
+    """{%- set ns = namespace(system='', first=true) %}
+{%- for message in messages %}{%- if message.role == 'system' %}
+{%- if not ns.first %}{%- set ns.system = ns.system + '\n\n' %}{%- endif %}
+{%- set ns.system = ns.system + message.content %}{%- set ns.first = false %}
+{%- endif %}{%- endfor %}
+{{- '<｜begin▁of▁sentence｜>' + ns.system }}
+{%- if tools %}{{- '\n\n## Tools\n' }}
+{%- for tool in tools %}{{- (tool | tojson) + '\n' }}{%- endfor %}{%- endif %}
+{%- for message in messages %}
+{%- if message.role == 'user' %}{{- '<｜User｜>' + message.content }}
+{%- elif message.role == 'assistant' %}{{- '<｜Assistant｜>' + (message.content or '') }}
+{%- if message.tool_calls %}{{- '<｜tool▁calls▁begin｜>' }}
+{%- for call in message.tool_calls %}
+{{- '<｜tool▁call▁begin｜>function<｜tool▁sep｜>' + call.function.name + '\n```json\n' }}"""
+    + _args()
+    + """{{- '\n```<｜tool▁call▁end｜>' }}
+{%- endfor %}{{- '<｜tool▁calls▁end｜>' }}{%- endif %}
+{{- '<｜end▁of▁sentence｜>' }}
+{%- elif message.role == 'tool' %}
+{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<｜tool▁outputs▁begin｜>' }}{%- endif %}
+{{- '<｜tool▁output▁begin｜>' + message.content + '<｜tool▁output▁end｜>' }}
+{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<｜tool▁outputs▁end｜>' }}{%- endif %}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<｜Assistant｜>' }}{%- endif %}"""
+)
+
+# 9. ChatML, merged instructions: ONE system turn first, holding every system and developer message of the
+# conversation, wherever it is (blank line between), then the tools; none when there are neither.
+CHATML_MERGED = (
+    """{%- set ns = namespace(system='', first=true) %}
+{%- for message in messages %}{%- if message.role in ['system', 'developer'] %}
+{%- if not ns.first %}{%- set ns.system = ns.system + '\n\n' %}{%- endif %}
+{%- set ns.system = ns.system + message.content %}{%- set ns.first = false %}
+{%- endif %}{%- endfor %}
+{%- if tools or not ns.first %}{{- '<|im_start|>system\n' + ns.system }}
+{%- if tools %}{%- if not ns.first %}{{- '\n\n' }}{%- endif %}{{- '# Tools\n<tools>' }}
+{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}{{- '\n</tools>' }}{%- endif %}
+{{- '<|im_end|>\n' }}{%- endif %}
+{%- for message in messages %}
+{%- if message.role in ['system', 'developer'] %}
+"""
+    + _CHATML_USER
+    + """{%- elif message.role == 'assistant' %}{{- '<|im_start|>assistant\n' + (message.content or '') }}
+"""
+    + _chatml_tool_calls("message.content")
+    + _chatml_tool_results("user")
+    + _UNKNOWN_ROLE
+    + _CHATML_GENERATION_PROMPT
+)
+
+# 10. ChatML, instructions in place: as 1, but a system or developer message anywhere else is a turn of its
+# own where it stands (what Qwen2.5's template does with a system message that is not the first).
+CHATML_INLINE = (
+    """{%- if messages[0].role == 'system' %}{%- set system = messages[0].content %}
+{%- else %}{%- set system = 'You are a helpful assistant.' %}{%- endif %}
+{{- '<|im_start|>system\n' + system }}
+{%- if tools %}{{- '\n\n# Tools\n<tools>' }}
+{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}{{- '\n</tools>' }}{%- endif %}
+{{- '<|im_end|>\n' }}
+{%- for message in messages %}
+{%- if message.role in ['system', 'developer'] %}
+{%- if message.role == 'developer' or not loop.first %}
+{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- endif %}
+"""
+    + _CHATML_USER
+    + """{%- elif message.role == 'assistant' %}{{- '<|im_start|>assistant\n' + (message.content or '') }}
+"""
+    + _chatml_tool_calls("message.content")
+    + _chatml_tool_results("user")
+    + _UNKNOWN_ROLE
+    + _CHATML_GENERATION_PROMPT
+)
+
+
+# 11. Strict: ChatML-shaped, but every tool result must answer a call (by id) of the assistant turn before.
 # The `named` variant also renders the answered function's name in each result (looked up by id, as
 # templates do whose results carry the function name).
 def _strict(named: bool) -> str:
@@ -427,6 +505,29 @@ FAMILIES = {
             ),
             **_turns("<｜end▁of▁sentence｜>"),
             reasoning=True,
+        ),
+        Family(
+            "deepseek_v3",
+            DEEPSEEK_V3,
+            _special(
+                "<｜begin▁of▁sentence｜> <｜end▁of▁sentence｜> <｜User｜> <｜Assistant｜> "
+                "<｜tool▁calls▁begin｜> <｜tool▁calls▁end｜> <｜tool▁call▁begin｜> <｜tool▁call▁end｜> "
+                "<｜tool▁sep｜> <｜tool▁outputs▁begin｜> <｜tool▁outputs▁end｜> <｜tool▁output▁begin｜> "
+                "<｜tool▁output▁end｜>"
+            ),
+            **_turns("<｜end▁of▁sentence｜>"),
+        ),
+        Family(
+            "chatml_merged",
+            CHATML_MERGED,
+            (*CHATML_TOKENS, "<tool_response>", "</tool_response>"),
+            **CHATML_TURNS,
+        ),
+        Family(
+            "chatml_inline",
+            CHATML_INLINE,
+            (*CHATML_TOKENS, "<tool_response>", "</tool_response>"),
+            **CHATML_TURNS,
         ),
         Family(
             "strict",

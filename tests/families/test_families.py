@@ -1,4 +1,4 @@
-"""splice.py against our own templates of seven chat-template families and one strict template.
+"""splice.py against our own templates of ten chat-template families and one strict template.
 
 Each case builds the conversation, the ids the model would have sampled (`prefix`), and the full render of
 the conversation (what `/v1/chat/completions` would feed). Where nothing drifts, `prefix + bridge` must BE
@@ -8,14 +8,21 @@ corresponding point: the end of the last assistant turn, i.e. the N-th turn-end 
 (`<|im_end|>`, `<|eot_id|>`/`<|eom_id|>`, `</s>`, DeepSeek's end of sentence, GLM's role markers), N being the
 number of turn ends before the sampled stop in the prefix, plus one. With `close == "sampled"` the model
 sampled that id itself, so the bridge starts right after it; otherwise the bridge starts with it.
+
+New messages that are notes (system, developer) or mix them with tool results and user turns are spliced
+like that too, unless the template refuses them itself (so does the stock route: `REFUSED`, None) or moves
+them out of the bridge (to the start, into the first system turn): then the splice must be refused, naming
+exactly the messages that move (`REFUSED`, their indexes), never answered with a prompt that lacks them.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import jinja2
 import pytest
 from family_templates import FAMILIES, Family
 from splice_driver import encode, render_ids, render_text, splice_with
@@ -154,6 +161,28 @@ def _nothink(family: Family) -> Case:
     return Case(messages, "gen_prompt", kwargs={"enable_thinking": False}, answer=answer)
 
 
+NOTE = {"role": "system", "content": "Answer in French."}
+DEVELOPER = {"role": "developer", "content": "Be brief."}
+
+
+def _late(family: Family, *new: dict[str, Any]) -> Case:
+    """New messages after a plain answer: a system note, a developer message (alone, or before a user)."""
+    answer = "I am fine, thank you."
+    messages = [_user("Hello world, how are you today?"), _assistant(family, answer), *new]
+    return Case(messages, "stop", answer=answer)
+
+
+def _after_call(family: Family, *new: dict[str, Any]) -> Case:
+    """New messages after a turn that called a tool: its result, then notes and a user turn."""
+    messages = [
+        _user("What is the weather in Paris?"),
+        _assistant(family, "", [_call("call_1", "Paris")]),
+        _tool("call_1", "sunny, 21 degrees"),
+        *new,
+    ]
+    return Case(messages, "stop", tools=TOOLS)
+
+
 SCENARIOS: dict[str, Callable[[Family], Case]] = {
     "plain": lambda family: _plain(family, "stop"),
     "system": _system,
@@ -165,6 +194,11 @@ SCENARIOS: dict[str, Callable[[Family], Case]] = {
     "user_after_tools": _user_after_tools,
     "retokenized": lambda family: _plain(family, "retokenized"),
     "nothink": _nothink,
+    "late_system": lambda family: _late(family, NOTE),
+    "late_system_user": lambda family: _late(family, NOTE, _user("Tell me a story about a robot.")),
+    "late_developer": lambda family: _late(family, DEVELOPER),
+    "tool_then_user": lambda family: _after_call(family, _user("Thanks! What about Oslo?")),
+    "late_mixed": lambda family: _after_call(family, NOTE, DEVELOPER, _user("Thanks! What about Oslo?")),
 }
 
 _OTHER_STOP = "the prefix ends with another stop id than the close; the whole close follows it"
@@ -175,18 +209,59 @@ _R1 = "R1-style: the reasoning of every assistant turn but the final message is 
 DRIFT: dict[tuple[str, str], str] = {
     **{(name, "other_stop"): _OTHER_STOP for name in FAMILIES},
     **{(name, "retokenized"): _RETOKENIZED for name in FAMILIES},
-    **{("qwen3", s): _STRIPPED for s in ["plain", "system", "truncated", "user_after_tools"]},
+    **{
+        ("qwen3", s): _STRIPPED
+        for s in ["plain", "system", "truncated", "user_after_tools", "tool_then_user"]
+    },
     ("qwen3", "other_stop"): f"{_OTHER_STOP}; {_STRIPPED}",
     ("qwen3", "retokenized"): f"{_RETOKENIZED}; {_STRIPPED}",
     ("qwen3", "nothink"): "the prompt had an empty `<think></think>` block; history renders without it",
     **{
         ("deepseek", s): _R1
-        for s in ["plain", "system", "truncated", "tool_one", "tool_several", "user_after_tools"]
+        for s in [
+            "plain",
+            "system",
+            "truncated",
+            "tool_one",
+            "tool_several",
+            "user_after_tools",
+            "tool_then_user",
+        ]
     },
     ("deepseek", "retokenized"): f"{_RETOKENIZED}; {_R1}",
     ("mistral", "system"): "the system prompt is folded into the LAST user turn: it moves to the new turn",
 }
 """Cases whose prefix is not a prefix of the full render, and why. Every other case must be exact."""
+
+_NOTES = ["late_system", "late_system_user", "late_developer", "late_mixed"]
+_IN_ORDER_ONLY = [
+    "chatml",
+    "qwen3",
+    "llama3",
+    "glm",
+    "mistral",
+    "hermes",
+    "deepseek",
+    "strict",
+    "strict_named",
+]
+REFUSED: dict[tuple[str, str], tuple[int, ...] | None] = {
+    # The template raises on a system message that is not the first, and on the `developer` role.
+    **{(name, s): None for name in _IN_ORDER_ONLY for s in _NOTES},
+    ("mistral", "tool_then_user"): None,  # a user turn right after a tool result breaks its alternation
+    # Every system message goes right after BOS (the `developer` role is rendered nowhere, here or there).
+    ("deepseek_v3", "late_system"): (2,),
+    ("deepseek_v3", "late_system_user"): (2,),
+    ("deepseek_v3", "late_mixed"): (3,),
+    # Every system and developer message goes into the first system turn.
+    ("chatml_merged", "late_system"): (2,),
+    ("chatml_merged", "late_system_user"): (2,),
+    ("chatml_merged", "late_developer"): (2,),
+    ("chatml_merged", "late_mixed"): (3, 4),
+}
+"""Cases the splice must refuse: None, the template refuses the conversation itself (the stock route too);
+else the indexes of exactly the messages the template moves before the end of the last assistant turn.
+Every other case (`chatml_inline` renders every note where it stands) must splice as above."""
 
 NOT_APPLICABLE: dict[tuple[str, str], str] = {
     ("mistral", "other_stop"): "Mistral's only end-of-generation id is `</s>`, the close itself",
@@ -196,9 +271,23 @@ NOT_APPLICABLE: dict[tuple[str, str], str] = {
     ): "DeepSeek's only end-of-generation id is its end of sentence, the close itself",
     **{
         (name, "nothink"): "the template has no `enable_thinking` switch"
-        for name in ["chatml", "llama3", "mistral", "hermes", "strict", "strict_named"]
+        for name in [
+            "chatml",
+            "llama3",
+            "mistral",
+            "hermes",
+            "strict",
+            "strict_named",
+            "deepseek_v3",
+            "chatml_merged",
+            "chatml_inline",
+        ]
     },
     ("deepseek", "nothink"): "R1-style: the template has no `enable_thinking` switch",
+    (
+        "deepseek_v3",
+        "other_stop",
+    ): "DeepSeek's only end-of-generation id is its end of sentence, the close itself",
     ("glm", "nothink"): "every GLM case already runs with enable_thinking=False (`<think></think>` prompt)",
 }
 
@@ -262,10 +351,39 @@ def _nth_turn_end(family: Family, tokenizer: Any, ids: list[int], n: int) -> int
     return positions[n - 1]
 
 
+def _assert_refused(family: Family, tokenizer: Any, case: Case, named: tuple[int, ...] | None) -> None:
+    """The splice is refused, with the stock route (the template raises) or naming exactly `named`."""
+    kwargs = {**family.kwargs, **case.kwargs}
+    last = max(i for i, message in enumerate(case.messages) if message["role"] == "assistant")
+    prefix = render_ids(tokenizer, case.messages[: last + 1], tools=case.tools, **kwargs)
+    with pytest.raises(SpliceError) as refused:
+        splice_with(tokenizer, case.messages, prefix, tools=case.tools, **kwargs)
+    reason = str(refused.value)
+    assert refused.value.param == "messages"
+    if named is None:
+        assert "vLLM cannot render" in reason
+        with pytest.raises(jinja2.TemplateError):
+            render_ids(tokenizer, case.messages, tools=case.tools, add_generation_prompt=True, **kwargs)
+        return
+    assert tuple(int(i) for i in re.findall(r"messages\[(\d+)\]", reason)) == named, reason
+    for index in named:
+        assert f"messages[{index}] ({case.messages[index]['role']})" in reason
+    assert "before the end of the last assistant message" in reason
+    # The template does move them: the full render has each one's content before the end of the history's
+    # render (a template that renders it where it stands has it after).
+    full = render_text(tokenizer, case.messages, tools=case.tools, add_generation_prompt=True, **kwargs)
+    history = render_text(tokenizer, case.messages[: last + 1], tools=case.tools, **kwargs)
+    for index in named:
+        assert full.index(case.messages[index]["content"]) < len(history) - len(family.glue)
+
+
 @pytest.mark.parametrize(("name", "scenario"), _params())
 def test_splice(tokenizers: dict[str, Any], name: str, scenario: str) -> None:
     family, tokenizer = FAMILIES[name], tokenizers[name]
     case = SCENARIOS[scenario](family)
+    if (name, scenario) in REFUSED:
+        _assert_refused(family, tokenizer, case, REFUSED[name, scenario])
+        return
     kwargs = {**family.kwargs, **case.kwargs}
     prefix, body_len = _sampled_prefix(family, tokenizer, case)
     continuing = case.kind == "continue"
@@ -325,6 +443,8 @@ def test_every_pair_is_run_or_explained() -> None:
     assert ran | set(NOT_APPLICABLE) == {(n, s) for n in FAMILIES for s in SCENARIOS}
     assert not ran & set(NOT_APPLICABLE)
     assert set(DRIFT) <= ran | set(NOT_APPLICABLE)
+    assert set(REFUSED) <= ran
+    assert not set(REFUSED) & set(DRIFT)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))

@@ -28,6 +28,16 @@ PRISTINE_WRAPPERS = wrappers()
 """Wrappers already present then (none: else `PRISTINE` was taken too late)."""
 
 
+MODES = {"default": {}, "fast": {"vllm_tokens_patch_verify": False}}
+"""Every parity test runs in both modes: compared with the render (default) and the fast path (no
+comparison; vLLM skips the render where this release has a native branch, see `test_fast_path_*`)."""
+
+
+@pytest.fixture(params=sorted(MODES))
+def mode(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return dict(MODES[request.param])
+
+
 @pytest.fixture(scope="session")
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop = asyncio.new_event_loop()

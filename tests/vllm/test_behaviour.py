@@ -20,7 +20,7 @@ from typing import Any
 import harness
 import pytest
 import vllm
-from conftest import API_KEY, MAX_MODEL_LEN, PRISTINE, PRISTINE_WRAPPERS, LoggerRecords, Records
+from conftest import API_KEY, MAX_MODEL_LEN, MODES, PRISTINE, PRISTINE_WRAPPERS, LoggerRecords, Records
 from doctor_cli import doctor_report
 from harness import Script, VllmApp, normalize, parse_sse
 from vllm_errors import assert_vllm_error, error_info
@@ -59,15 +59,6 @@ def post(run: Any, app: VllmApp, path: str, payload: dict[str, Any], **kwargs: A
 
 ADAPTER = adapters.load(str(compat.choose(vllm.__version__).adapter))
 """The adapter this release runs (the suite checks it against the matrix)."""
-
-MODES = {"default": {}, "fast": {"vllm_tokens_patch_verify": False}}
-"""Every parity test runs in both modes: compared with the render (default) and the fast path (no
-comparison; vLLM skips the render where this release has a native branch, see `test_fast_path_*`)."""
-
-
-@pytest.fixture(params=sorted(MODES))
-def mode(request: pytest.FixtureRequest) -> dict[str, Any]:
-    return dict(MODES[request.param])
 
 
 def matrix_row() -> compat.Release:

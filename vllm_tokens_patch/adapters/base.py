@@ -107,6 +107,9 @@ class Adapter:
         "assistant_tokens_mask",
     )
     """Engine-prompt keys computed from the rendered ids that would lie once the ids are swapped."""
+    prompt_text_switch: ClassVar[str] = "return_prompt_text"
+    """The request field (vLLM 0.34+) that asks for the engine prompt's text (`prompt_text`) in the
+    response; on the token route that is the text of the ids the engine is fed."""
 
     @property
     def fast_path(self) -> bool:
