@@ -116,18 +116,35 @@ def _body_error(exc: BaseException) -> RequestValidationError:
     return RequestValidationError([{**error, "ctx": {"error": detail}}], body=None)
 
 
+def _shape_error(data: Any, exc: BaseException | None) -> RequestValidationError:
+    """A body pydantic cannot even start on: not a JSON object, or one on which a validator of the
+    request class (vLLM's `mode="before"` validators read `data.get(...)`) raised something other than a
+    validation error. FastAPI would answer these with a 500; they are the client's malformed body."""
+    if exc is None:
+        msg = "Input should be a valid dictionary or object to extract fields from"
+        error = {"type": "model_attributes_type", "loc": ("body",), "msg": msg, "input": _bounded(data)}
+    else:
+        reason = "nested too deep" if isinstance(exc, RecursionError) else f"{type(exc).__name__}: {exc}"
+        error = {"type": "value_error", "loc": ("body",), "msg": f"Value error, {reason}", "input": None}
+        error["ctx"] = {"error": reason}
+    return RequestValidationError([error], body=None)
+
+
 async def parse_request(request_model: type[Any], raw_request: Request) -> Any:
     """The body as `request_model`; errors raise FastAPI's `RequestValidationError` as FastAPI would for a
     body parameter (same `loc`), so vLLM's own handler answers them (400, vLLM's error format).
 
     No byte string may become a 5xx: whatever the decoder raises (its `DecodeError`, a `RecursionError` on
     deep nesting, a `UnicodeDecodeError`, an over-long integer's `ValueError`) is the client's malformed
-    body, and echoed inputs are bounded in depth (see `MAX_ECHOED_DEPTH`)."""
+    body; so is a body that is not a JSON object, or one that trips a request validator into anything but a
+    validation error. Echoed inputs are bounded in depth (see `MAX_ECHOED_DEPTH`)."""
     body = await raw_request.body()
     try:
         data = _decode_json(body)
     except Exception as exc:  # any decoder failure is a malformed body
         raise _body_error(exc) from None
+    if not isinstance(data, dict):
+        raise _shape_error(data, None)
     try:
         return request_model.model_validate(data)
     except ValidationError as exc:
@@ -138,8 +155,8 @@ async def parse_request(request_model: type[Any], raw_request: Request) -> Any:
                 error["input"] = _bounded(error["input"])
             errors.append(error)
         raise RequestValidationError(errors, body=_bounded(data)) from None
-    except RecursionError:
-        raise _body_error(RecursionError()) from None
+    except Exception as exc:  # e.g. AttributeError from a validator that assumed well-formed fields
+        raise _shape_error(data, exc) from None
 
 
 def _stream_error(chunk: Any) -> tuple[dict[str, Any], int] | None:
@@ -171,7 +188,11 @@ async def refuse_failed_stream(response: StreamingResponse) -> Response:
     """Wait for the stream's first event before committing to HTTP 200: if vLLM's first event is an error
     (inputs only its engine checks, e.g. an out-of-vocabulary `logit_bias`), answer with its status and
     vLLM's JSON error body instead. Nothing is buffered after the first event, and closing the stream
-    (client gone) still closes vLLM's generator, which aborts the request."""
+    (client gone) still closes vLLM's generator, which aborts the request.
+
+    The refusal carries the stream's `background` task: vLLM's `load_aware_call` hangs the decrement of
+    its in-flight count there (`--enable-server-load-tracking`, `GET /load`), which would otherwise count
+    every refused stream forever."""
     events = aiter(response.body_iterator)
     try:
         first = await anext(events)
@@ -183,7 +204,7 @@ async def refuse_failed_stream(response: StreamingResponse) -> Response:
         if close is not None:
             await close()
         body, status = refused
-        return JSONResponse(content=body, status_code=status)
+        return JSONResponse(content=body, status_code=status, background=response.background)
 
     async def replay() -> AsyncIterator[Any]:
         try:
