@@ -28,6 +28,20 @@ PRISTINE_WRAPPERS = wrappers()
 """Wrappers already present then (none: else `PRISTINE` was taken too late)."""
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "unpatches: calls `unpatch()` (or mounts a broken plugin), which leaves every app built before it "
+        "answering 501 on the token route; such tests run after all others",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `unpatches` last (a stable sort: every other order stays), so that no test that uses
+    the session's `served` app runs after one of them, whichever module it is in."""
+    items.sort(key=lambda item: item.get_closest_marker("unpatches") is not None)
+
+
 MODES = {"default": {}, "fast": {"vllm_tokens_patch_verify": False}}
 """Every parity test runs in both modes: compared with the render (default) and the fast path (no
 comparison; vLLM skips the render where this release has a native branch, see `test_fast_path_*`)."""

@@ -762,6 +762,7 @@ def test_register_twice_wraps_once_and_mounts_once(run: Any, build: Any, served:
     assert doubled == [], "wrapped twice"
 
 
+@pytest.mark.unpatches
 def test_unpatch_restores_every_original_and_register_reapplies(
     run: Any, build: Any, served: VllmApp
 ) -> None:
@@ -840,6 +841,7 @@ def _broken(monkeypatch: pytest.MonkeyPatch, fault: str) -> str:
     return gone.qualname
 
 
+@pytest.mark.unpatches
 @pytest.mark.parametrize("fault", FAULTS)
 def test_a_missing_target_gives_501_and_one_error_or_fails_startup_if_strict(
     run: Any, build: Any, monkeypatch: pytest.MonkeyPatch, plugin_logs: LoggerRecords, fault: str
@@ -873,6 +875,7 @@ def test_a_missing_target_gives_501_and_one_error_or_fails_startup_if_strict(
         vllm_tokens_patch.register()
 
 
+@pytest.mark.unpatches
 def test_server_wide_verify_off_takes_the_fast_path(run: Any, build: Any, monkeypatch: Any) -> None:
     """`VLLM_TOKENS_PATCH_VERIFY=off` for the whole server; a request can still ask for the comparison."""
     vllm_tokens_patch.unpatch()
