@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 
 from vllm_tokens_patch import metrics
@@ -138,7 +139,11 @@ async def parse_request(request_model: type[Any], raw_request: Request) -> Any:
     deep nesting, a `UnicodeDecodeError`, an over-long integer's `ValueError`) is the client's malformed
     body; so is a body that is not a JSON object, or one that trips a request validator into anything but a
     validation error. Echoed inputs are bounded in depth (see `MAX_ECHOED_DEPTH`)."""
-    body = await raw_request.body()
+    try:
+        body = await raw_request.body()
+    except ClientDisconnect:  # gone before its body arrived: the stock route's quiet 400, no traceback
+        error = {"type": "value_error", "loc": ("body",), "msg": "the client disconnected", "input": None}
+        raise RequestValidationError([error], body=None) from None
     try:
         data = _decode_json(body)
     except Exception as exc:  # any decoder failure is a malformed body

