@@ -132,32 +132,7 @@ async def parse_request(request_model: type[Any], raw_request: Request) -> Any:
         raise _body_error(RecursionError()) from None
 
 
-def _stream_error(chunk: Any) -> tuple[dict[str, Any], int] | None:
-    """vLLM's error event (`data: {"error": {...}}`, or a bare `ErrorResponse` in older releases), if
-    `chunk` is one: the body and its status code."""
-    text = chunk.decode("utf-8", "replace") if isinstance(chunk, bytes | bytearray) else str(chunk)
-    if not text.startswith("data: {"):
-        return None
-    try:
-        body = json.loads(text[len("data: ") :])
-    except ValueError:
-        return None
-    if not isinstance(body, dict):
-        return None
-    nested = body.get("error")
-    if isinstance(nested, dict):
-        info: dict[str, Any] = nested
-    elif body.get("object") == "error":
-        info = body
-    else:
-        return None
-    code = info.get("code")
-    return body, code if isinstance(code, int) and 400 <= code < 600 else int(
-        HTTPStatus.INTERNAL_SERVER_ERROR
-    )
-
-
-async def refuse_failed_stream(response: StreamingResponse) -> Response:
+async def refuse_failed_stream(response: StreamingResponse, adapter: Adapter) -> Response:
     """Wait for the stream's first event before committing to HTTP 200: if vLLM's first event is an error
     (inputs only its engine checks, e.g. an out-of-vocabulary `logit_bias`), answer with its status and
     vLLM's JSON error body instead. Nothing is buffered after the first event, and closing the stream
@@ -167,7 +142,7 @@ async def refuse_failed_stream(response: StreamingResponse) -> Response:
         first = await anext(events)
     except StopAsyncIteration:
         return response
-    refused = _stream_error(first)
+    refused = adapter.stream_error(first)
     if refused is not None:
         close = getattr(events, "aclose", None)
         if close is not None:
@@ -234,7 +209,7 @@ def build_tokens_endpoint(chat_route: Endpoint, request_model: type[Any], adapte
             )
         response = adapter.as_response(await chat_route(request, raw_request))
         if isinstance(response, StreamingResponse):
-            response = await refuse_failed_stream(response)
+            response = await refuse_failed_stream(response, adapter)
         set_headers(response, seen)
         return response
 

@@ -48,24 +48,6 @@ def prompt_text(tokens: list[int], context: RenderContext) -> str | None:
     return text
 
 
-def vocabulary_bound(context: RenderContext) -> int | None:
-    """The largest id vLLM's engine accepts: `max(tokenizer.max_token_id, vocab_size - 1)`."""
-    bounds = []
-    if context.vocab_size is not None:
-        bounds.append(context.vocab_size - 1)
-    tokenizer = context.tokenizer
-    if tokenizer is not None:
-        max_token_id = getattr(tokenizer, "max_token_id", None)
-        if max_token_id is None:
-            try:
-                max_token_id = len(tokenizer) - 1
-            except TypeError:
-                max_token_id = None
-        if max_token_id is not None:
-            bounds.append(int(max_token_id))
-    return max(bounds) if bounds else None
-
-
 def validate_ids(tokens: Sequence[int], context: RenderContext) -> None:
     """Raise `TokensRejected` for what vLLM would only notice inside the engine (mid-stream).
 
@@ -74,7 +56,7 @@ def validate_ids(tokens: Sequence[int], context: RenderContext) -> None:
     """
     if not tokens:
         raise TokensRejected("`tokens` must contain at least one token id")
-    bound = vocabulary_bound(context)
+    bound = context.id_bound
     if bound is not None and max(tokens) > bound:
         index, token_id = next((i, t) for i, t in enumerate(tokens) if t > bound)
         raise TokensRejected(

@@ -17,7 +17,6 @@ from vllm_tokens_patch.validation import (
     check_engine_prompt,
     first_difference,
     validate_ids,
-    vocabulary_bound,
 )
 
 
@@ -52,9 +51,9 @@ def test_first_difference_on_long_lists_at_chunk_edges(at: int) -> None:
 
 
 def test_vocabulary_bound_is_the_engines() -> None:
-    assert vocabulary_bound(CONTEXT) == 127
-    assert vocabulary_bound(RenderContext(16, 50, Tokenizer())) == 99
-    assert vocabulary_bound(RenderContext(16, None, None)) is None
+    assert CONTEXT.id_bound == 127
+    assert RenderContext(16, 50, Tokenizer()).id_bound == 99
+    assert RenderContext(16, None, None).id_bound is None
 
 
 @pytest.mark.parametrize(

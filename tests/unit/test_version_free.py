@@ -30,6 +30,7 @@ VLLM_NAMES = frozenset(
         "model_config",
         "renderer",
         "get_vocab_size",
+        "max_token_id",
         # on vLLM's chat request and its base class
         "request_id",
         "echo",

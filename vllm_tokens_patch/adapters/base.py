@@ -12,6 +12,7 @@ release and are needed before an adapter is chosen are module-level constants he
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -34,6 +35,10 @@ def installed_version() -> str:
     import vllm  # type: ignore[import-not-found,unused-ignore]
 
     return str(vllm.__version__)
+
+
+SERVER_ERROR = 500
+"""The status of a stream error event that carries no 4xx/5xx code of its own."""
 
 
 # --- the adapter interface ------------------------------------------------------------------------------
@@ -117,6 +122,25 @@ class RenderContext:
     max_model_len: int
     vocab_size: int | None
     tokenizer: Any | None
+
+    @property
+    def id_bound(self) -> int | None:
+        """The largest id vLLM's engine accepts: `max(tokenizer.max_token_id, vocab_size - 1)` (the
+        tokenizer's length - 1 when it has no `max_token_id`); None when neither is known."""
+        bounds = []
+        if self.vocab_size is not None:
+            bounds.append(self.vocab_size - 1)
+        tokenizer = self.tokenizer
+        if tokenizer is not None:
+            max_token_id = getattr(tokenizer, "max_token_id", None)
+            if max_token_id is None:
+                try:
+                    max_token_id = len(tokenizer) - 1
+                except TypeError:
+                    max_token_id = None
+            if max_token_id is not None:
+                bounds.append(int(max_token_id))
+        return max(bounds) if bounds else None
 
 
 class Adapter:
@@ -202,6 +226,28 @@ class Adapter:
         if isinstance(exc, ValueError) or (client_error is not None and isinstance(exc, client_error)):
             return str(exc), getattr(exc, "parameter", "tokens")
         return None
+
+    def stream_error(self, chunk: Any) -> tuple[dict[str, Any], int] | None:
+        """vLLM's error event (`data: {"error": {...}}`, or a bare `ErrorResponse` in older releases), if
+        `chunk`, the first event of a stream, is one: the body and its status code."""
+        text = chunk.decode("utf-8", "replace") if isinstance(chunk, bytes | bytearray) else str(chunk)
+        if not text.startswith("data: {"):
+            return None
+        try:
+            body = json.loads(text[len("data: ") :])
+        except ValueError:
+            return None
+        if not isinstance(body, dict):
+            return None
+        nested = body.get("error")
+        if isinstance(nested, dict):
+            info: dict[str, Any] = nested
+        elif body.get("object") == "error":
+            info = body
+        else:
+            return None
+        code = info.get("code")
+        return body, code if isinstance(code, int) and 400 <= code < 600 else SERVER_ERROR
 
     def serving_of(self, app: Any) -> Any | None:
         """vLLM's chat serving object of `app` (what makes this release's `ErrorResponse`), if it has one."""
