@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from vllm_tokens_patch.client import Sampled, TokenChatClient, differing_positions
+from vllm_tokens_patch.headers import SPLICE_HEADER, VERIFICATION_HEADER
 
-SPLICE_HEADER = "x-vllm-tokens-splice"
 TURNS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("user", {"role": "user", "content": "Hello! Tell me a story about a robot that learns to paint."}),
     ("user", {"role": "user", "content": "What happened next? Be long."}),
@@ -86,7 +86,7 @@ def rollout(client: TokenChatClient, turns: int = 4, max_tokens: int = 24, seed:
                 stock_prompt_len=len(stock),
                 stock_differing=differing_positions(prompt, stock),
                 prefix_changed=differing_positions(prefix, prompt[: len(prefix)]),
-                verification=sampled.headers.get("x-vllm-tokens-verification", "-"),
+                verification=sampled.headers.get(VERIFICATION_HEADER, "-"),
             )
         )
         messages.append(sampled.assistant_message())

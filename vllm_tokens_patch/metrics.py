@@ -1,4 +1,4 @@
-"""Prometheus metrics of the token route, on vLLM's own `/metrics`; and how many mismatches get logged.
+"""Prometheus metrics of the token route, on vLLM's own `/metrics`, counted from each request's `Outcome`.
 
 The metric objects are created once per API-server process, when the route is built, in
 prometheus_client's default registry, as vLLM creates its own. With one API server vLLM's `/metrics`
@@ -11,27 +11,24 @@ imported only when a route is built, so engine-core and worker processes import 
 
 from __future__ import annotations
 
-import functools
-import inspect
-import logging
 import threading
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vllm_tokens_patch import settings
+from vllm_tokens_patch.log import logger
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
 
-logger = logging.getLogger("vllm.tokens_patch")
+    from vllm_tokens_patch.outcome import Outcome
 
 PREFIX = "vllm_tokens_patch_"
 MODES = ("tokens", "prefix_tokens", "unknown")
-"""`unknown`: the body did not parse (or the route is unavailable), so its mode is not known."""
+"""`outcome.Mode`: `unknown`: the body did not parse (or the route is unavailable)."""
 OUTCOMES = ("ok", "refused", "error")
 """By the HTTP status of the answer: below 400, 4xx, 5xx (or an exception)."""
 RESULTS = ("match", "mismatch", "skipped")
+"""`outcome.Result`."""
 CLOSES = ("sampled", "added", "none")
 REASONS = (
     "invalid_request",
@@ -50,10 +47,6 @@ REASON_OF_PARAM = {"messages": "multimodal"}
 POSITION_BUCKETS = (0.0, *(float(2**power) for power in range(18)))
 """First-mismatch index buckets: 0 (the first id differs), then powers of two up to 131072 (and +Inf)."""
 MISMATCH_SERIES = f'{PREFIX}verifications_total{{result="mismatch"}}'
-STATE_KEY = "vllm_tokens_patch_request"
-"""Where the route leaves the parsed request on the Starlette request, for `instrument` to read."""
-
-Endpoint = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -88,16 +81,21 @@ def get() -> Metrics | None:
     return _metrics
 
 
+_created: dict[str, Any] = globals().get("_created", {})
+"""Every metric object this module made in this process, by name (kept across a reload of the module):
+making one again would raise prometheus_client's "Duplicated timeseries"."""
+
+
 def _create() -> Metrics:
-    from prometheus_client import REGISTRY, Counter, Histogram
+    from prometheus_client import Counter, Histogram
 
     def made(cls: Any, name: str, documentation: str, **kwargs: Any) -> Any:
-        """A new metric, or the one registered under `name` by an earlier copy of this module (a reload):
-        creating it again would raise prometheus_client's "Duplicated timeseries"."""
-        existing = getattr(REGISTRY, "_names_to_collectors", {}).get(PREFIX + name)
+        """A new metric, or the one this module made before under `name`."""
+        existing = _created.get(PREFIX + name)
         if isinstance(existing, cls):
             return existing
-        return cls(PREFIX + name, documentation, **kwargs)
+        metric = _created[PREFIX + name] = cls(PREFIX + name, documentation, **kwargs)
+        return metric
 
     def counter(name: str, documentation: str, labels: tuple[str, ...], *values: tuple[str, ...]) -> Any:
         metric = made(Counter, name, documentation, labelnames=labels)
@@ -140,130 +138,25 @@ def _create() -> Metrics:
     )
 
 
-# --- hooks: the route ------------------------------------------------------------------------------------
-
-
-def instrument(endpoint: Endpoint) -> Endpoint:
-    """`endpoint`, counted: every request by mode and outcome, and the verification and splice it got.
-
-    Creates the metrics (at route build time, so `/metrics` lists every series from start-up)."""
-    if get() is None:
-        return endpoint
-
-    @functools.wraps(endpoint)
-    async def counted(raw_request: Any) -> Any:
-        try:
-            response = await endpoint(raw_request)
-        except Exception as exc:
-            _count_raised(raw_request, exc)
-            raise
-        _count_answered(raw_request, getattr(response, "status_code", 200))
-        return response
-
-    # FastAPI reads the parameters from the signature; resolved here, since the annotations are strings
-    # that only mean something in the endpoint's own module.
-    counted.__signature__ = inspect.signature(endpoint, eval_str=True)  # type: ignore[attr-defined]
-    return counted
-
-
-def note_request(raw_request: Any, request: Any) -> None:
-    """Leave the parsed request where `instrument` finds it (its mode, verification and splice)."""
-    setattr(raw_request.state, STATE_KEY, request)
-
-
-def refused(reason: str | None) -> None:
-    """Count one refusal by the plugin (`reason`: one of REASONS, or the field `refusal_reason` names)."""
-    metrics = get()
-    if metrics is not None:
-        reason = reason or "invalid_request"
-        metrics.refusals.labels(REASON_OF_PARAM.get(reason, reason)).inc()
-
-
-def outcome(status: int) -> str:
-    return "ok" if status < 400 else "refused" if status < 500 else "error"
-
-
-def _noted(raw_request: Any) -> Any:
-    return getattr(getattr(raw_request, "state", None), STATE_KEY, None)
-
-
-def _mode(request: Any) -> str:
-    if request is None:
-        return "unknown"
-    return "prefix_tokens" if getattr(request, "prefix_tokens", None) is not None else "tokens"
-
-
-def _count_raised(raw_request: Any, exc: Exception) -> None:
-    """An exception out of the route: vLLM's handlers answer it (a body that does not parse: 400)."""
-    from fastapi.exceptions import RequestValidationError
-
-    status = getattr(exc, "status_code", None)
-    if isinstance(exc, RequestValidationError):
-        refused("invalid_request")
-        status = 400
-    _count_answered(raw_request, status if isinstance(status, int) else 500)
-
-
-def _count_answered(raw_request: Any, status: int) -> None:
+def record(seen: Outcome) -> None:
+    """Count one answered request from its outcome: by mode and outcome (the HTTP status), its refusal,
+    and the verification and splice it got (counted as the response headers say them)."""
     metrics = get()
     if metrics is None:
         return
-    request = _noted(raw_request)
-    metrics.requests.labels(_mode(request), outcome(status)).inc()
-    verification = getattr(request, "_tokens_verification", None)
-    if verification is not None:  # counted as the `x-vllm-tokens-verification` header says it
-        result = verification.header_value()
-        metrics.verifications.labels(result).inc()
-        if result == "mismatch":
+    status = seen.status if seen.status is not None else 500
+    metrics.requests.labels(seen.mode, outcome(status)).inc()
+    if seen.refusal is not None:
+        metrics.refusals.labels(REASON_OF_PARAM.get(seen.refusal, seen.refusal)).inc()
+    verification = seen.verification
+    if verification is not None:
+        metrics.verifications.labels(verification.result).inc()
+        if verification.first_mismatch is not None:
             metrics.first_mismatch.observe(verification.first_mismatch)
-    splice = getattr(request, "_tokens_splice", None)
-    if splice is not None:
-        metrics.splices.labels(splice.close).inc()
+    if seen.splice is not None:
+        metrics.splices.labels(seen.splice.close).inc()
 
 
-# --- the mismatch log ------------------------------------------------------------------------------------
-
-
-@dataclass
-class MismatchLog:
-    """How loud mismatches are in one process: the first `limit` at WARNING (None: every one), then DEBUG.
-
-    In an RL rollout most turns mismatch (that is the point), so one WARNING each would flood the log;
-    the count stays exact on `/metrics`. The first mismatch past the limit says so, at WARNING, once."""
-
-    limit: int | None
-    seen: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def level(self) -> int:
-        with self._lock:
-            self.seen += 1
-            seen = self.seen
-        if self.limit is None or seen <= self.limit:
-            return logging.WARNING
-        if seen == self.limit + 1:
-            logger.warning(self.suppressed_note())
-        return logging.DEBUG
-
-    def suppressed_note(self) -> str:
-        return (
-            f"vllm-tokens-patch: VLLM_TOKENS_PATCH_MISMATCH_LOG={self.limit}: this API server logged "
-            f"{self.limit} `tokens` mismatches at WARNING; further ones are logged at DEBUG only and counted "
-            f"in {MISMATCH_SERIES} (and {PREFIX}first_mismatch_position) on /metrics"
-        )
-
-
-_mismatch_log: tuple[settings.Settings, MismatchLog] | None = None
-
-
-def mismatch_log_level() -> int:
-    """The level of this process's next mismatch line (starts over when the settings are re-read)."""
-    global _mismatch_log
-    current = settings.current()
-    kept = _mismatch_log
-    if kept is None or kept[0] is not current:
-        with _lock:
-            kept = _mismatch_log
-            if kept is None or kept[0] is not current:
-                kept = _mismatch_log = (current, MismatchLog(current.mismatch_log))
-    return kept[1].level()
+def outcome(status: int) -> str:
+    """The `outcome` label of an HTTP status."""
+    return "ok" if status < 400 else "refused" if status < 500 else "error"

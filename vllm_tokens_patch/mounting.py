@@ -10,17 +10,13 @@ from __future__ import annotations
 import logging
 import sys
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vllm_tokens_patch import settings
 from vllm_tokens_patch.adapters import Adapter, AdapterMismatch, RenderTarget
 from vllm_tokens_patch.patches import Wrapper, wrap_attribute
+from vllm_tokens_patch.state import State
 from vllm_tokens_patch.tokens import TokensSwap
-
-if TYPE_CHECKING:
-    from vllm_tokens_patch.plugin import State
-
-STOCK_CHAT_PATH = "/v1/chat/completions"
 
 
 def wrap_route_hook(state: State, adapter: Adapter, module: Any) -> None:
@@ -30,8 +26,9 @@ def wrap_route_hook(state: State, adapter: Adapter, module: Any) -> None:
     module = sys.modules.get(getattr(module, "__name__", ""), module)
     if getattr(module, adapter.route_hook.attribute, None) is None:
         state.fail(
-            f"vllm-tokens-patch cannot patch vLLM {state.vllm_version} (adapter {adapter.name}): "
-            f"{adapter.route_hook} does not exist; the token route is not available",
+            state.cannot_patch(
+                adapter, f"{adapter.route_hook} does not exist; the token route is not available"
+            ),
             settings.current(),
         )
         return
@@ -78,18 +75,18 @@ def ensure_route(state: State, app: Any) -> None:
         adapter = state.adapter
         if adapter is None or state.is_mounted(app):
             return
-        if not serves(getattr(app, "routes", ()), STOCK_CHAT_PATH):
+        if not serves(getattr(app, "routes", ()), adapter.stock_chat_path):
             return  # not vLLM's chat app (render-only server, another app in the process)
         current = settings.current()
-        reason = state.failure or (
-            f"vllm-tokens-patch cannot patch vLLM {state.vllm_version} (adapter {adapter.name}): vLLM "
-            f"serves {STOCK_CHAT_PATH} but never called {adapter.route_hook} (moved, renamed, or imported "
-            f"under another module name); POST {current.route_path} answers 501"
+        reason = state.failure or state.cannot_patch(
+            adapter,
+            f"vLLM serves {adapter.stock_chat_path} but never called {adapter.route_hook} (moved, renamed, "
+            f"or imported under another module name); POST {current.route_path} answers 501",
         )
         from vllm_tokens_patch import route
 
         state.fail(reason, current)
-        unavailable = route.build_unavailable_endpoint(reason, adapter.route_error)
+        unavailable = route.build_unavailable_endpoint(reason, adapter)
         state.mounted.append((weakref.ref(app), route.add_route(app, current.route_path, unavailable, None)))
 
 
@@ -105,7 +102,7 @@ def mount(state: State, adapter: Adapter, app: Any) -> None:
             found = adapter.probe()
             patch_render(state, adapter, current)
             model = state.request_model_for(found.request_base)
-            endpoint = route.build_tokens_endpoint(found.chat_route, model, adapter.route_error)
+            endpoint = route.build_tokens_endpoint(found.chat_route, model, adapter)
             added = route.add_route(app, current.route_path, endpoint, found.json_validator)
             state.log_once(
                 logging.INFO,
@@ -114,13 +111,10 @@ def mount(state: State, adapter: Adapter, app: Any) -> None:
             )
         except Exception as exc:  # a moved vLLM internal, or a bug of ours: vLLM must still start
             what = str(exc) if isinstance(exc, AdapterMismatch) else f"{type(exc).__name__}: {exc}"
-            reason = (
-                f"vllm-tokens-patch cannot patch vLLM {state.vllm_version} (adapter {adapter.name}): "
-                f"{what}; POST {current.route_path} answers 501"
-            )
+            reason = state.cannot_patch(adapter, f"{what}; POST {current.route_path} answers 501")
             # A render wrapper left behind stays inert: only our requests pass its gate.
             state.fail(reason, current)
-            unavailable = route.build_unavailable_endpoint(reason, adapter.route_error)
+            unavailable = route.build_unavailable_endpoint(reason, adapter)
             added = route.add_route(app, current.route_path, unavailable, None)
         state.mounted.append((weakref.ref(app), added))
 

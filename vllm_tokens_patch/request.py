@@ -7,10 +7,13 @@ request alone, before vLLM does any work.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Annotated, Any, ClassVar
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, Field, PrivateAttr, StrictBool, StrictInt, model_validator
+from pydantic import AfterValidator, Field, StrictBool, StrictInt, model_validator
+
+if TYPE_CHECKING:
+    from vllm_tokens_patch.adapters.base import RequestFields
 
 
 def _non_negative(ids: list[int]) -> list[int]:
@@ -63,28 +66,27 @@ VerifySwitch = Annotated[
 TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", "refusal", "thinking"})
 
 
-def build_request_model(base: type[Any]) -> type[Any]:
+def build_request_model(base: type[Any], class_caches: Sequence[str]) -> type[Any]:
     """Subclass vLLM's request with `tokens` / `prefix_tokens` (exactly one) and the verify switch.
 
-    `field_names` is reset because vLLM's `OpenAIBaseModel` caches the known field names on the first
-    class it validates; inheriting the parent's cache would log `tokens` as an ignored field.
+    `class_caches` (`Adapter.request_class_caches`) are ClassVars of the base that cache per class: each
+    starts empty on the subclass instead of inheriting the parent's.
     """
+    annotations: dict[str, Any] = {
+        "tokens": TokenIds | None,
+        "prefix_tokens": PrefixIds | None,
+        VERIFY_FIELD: VerifySwitch,
+    }
+    annotations.update({name: ClassVar[Any] for name in class_caches})
     namespace: dict[str, Any] = {
         "__module__": __name__,
         "__qualname__": "TokensChatCompletionRequest",
         "__doc__": "vLLM's ChatCompletionRequest plus `tokens` (the exact prompt ids) or `prefix_tokens`.",
-        "__annotations__": {
-            "tokens": TokenIds | None,
-            "prefix_tokens": PrefixIds | None,
-            VERIFY_FIELD: VerifySwitch,
-            "field_names": ClassVar[set[str] | None],
-        },
+        "__annotations__": annotations,
         "tokens": None,
         "prefix_tokens": None,
         VERIFY_FIELD: None,
-        "field_names": None,
-        "_tokens_verification": PrivateAttr(default=None),
-        "_tokens_splice": PrivateAttr(default=None),
+        **dict.fromkeys(class_caches),
         "_exactly_one_id_list": model_validator(mode="after")(_exactly_one_id_list),
     }
     metaclass: Any = type(base)  # pydantic's model metaclass: builds the fields from the annotations
@@ -103,8 +105,9 @@ def _part_type(part: Any) -> str | None:
     return getattr(part, "type", None)
 
 
-def refusal_reason(request: Any) -> tuple[str, str] | None:
-    """`(message, param)` when the route cannot honour the request as vLLM would, else None."""
+def refusal_reason(request: Any, fields: RequestFields) -> tuple[str, str] | None:
+    """`(message, param)` when the route cannot honour the request as vLLM would, else None (`fields`:
+    the names of this vLLM's request fields, from its adapter)."""
     for index, message in enumerate(request.messages):
         content = message.get("content") if isinstance(message, dict) else getattr(message, "content", None)
         for part in _parts(content):
@@ -115,20 +118,21 @@ def refusal_reason(request: Any) -> tuple[str, str] | None:
                     "with `tokens` (the ids would not carry the media placeholders vLLM expands)",
                     "messages",
                 )
-    kv_params = getattr(request, "kv_transfer_params", None)
-    if isinstance(kv_params, dict) and "prompt_token_ids" in kv_params:
+    kv_params = getattr(request, fields.kv_transfer_params, None)
+    if isinstance(kv_params, dict) and fields.reused_ids in kv_params:
         return (
-            "`kv_transfer_params.prompt_token_ids` cannot be combined with `tokens`: vLLM would feed those "
-            "ids and skip rendering; send the prompt ids in `tokens` only",
-            "kv_transfer_params",
+            f"`{fields.kv_transfer_params}.{fields.reused_ids}` cannot be combined with `tokens`: vLLM would "
+            "feed those ids and skip rendering; send the prompt ids in `tokens` only",
+            fields.kv_transfer_params,
         )
-    fields = type(request).model_fields
-    if "prompt_token_ids" in fields and getattr(request, "prompt_token_ids", None) is not None:
-        return ("`prompt_token_ids` cannot be combined with `tokens`", "prompt_token_ids")
-    if getattr(request, "truncate_prompt_tokens", None) is not None:
+    ids_field = fields.prompt_token_ids
+    if ids_field in type(request).model_fields and getattr(request, ids_field, None) is not None:
+        return (f"`{ids_field}` cannot be combined with `tokens`", ids_field)
+    truncate = fields.truncate_prompt_tokens
+    if getattr(request, truncate, None) is not None:
         return (
-            "`truncate_prompt_tokens` is not supported with `tokens`: the ids are fed exactly as given, "
+            f"`{truncate}` is not supported with `tokens`: the ids are fed exactly as given, "
             "truncate them on the client",
-            "truncate_prompt_tokens",
+            truncate,
         )
     return None

@@ -8,6 +8,8 @@ Imported only in processes that build an HTTP app.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
@@ -20,24 +22,17 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 
-from vllm_tokens_patch import metrics
+from vllm_tokens_patch import metrics, outcome
+from vllm_tokens_patch.adapters.base import Adapter
+from vllm_tokens_patch.headers import FIRST_MISMATCH_HEADER, SPLICE_HEADER, VERIFICATION_HEADER
+from vllm_tokens_patch.outcome import Outcome
 from vllm_tokens_patch.request import refusal_reason
-from vllm_tokens_patch.tokens import Verification
-
-VERIFICATION_HEADER = "x-vllm-tokens-verification"
-"""`match`, `mismatch` or `skipped` (`VLLM_TOKENS_PATCH_VERIFY=off`): `tokens` vs the rendered ids."""
-FIRST_MISMATCH_HEADER = "x-vllm-tokens-first-mismatch"
-"""On `mismatch`: the first index at which `tokens` differ from the rendered ids."""
-SPLICE_HEADER = "x-vllm-tokens-splice"
-"""On `prefix_tokens` requests: `prefix=N; bridge=M; close=sampled|added|none` (see splice.Splice)."""
 
 Endpoint = Callable[..., Awaitable[Any]]
-ErrorMaker = Callable[[Any, str, str, int, "str | None"], Any]
-"""`adapter.route_error(serving, message, err_type, status, param)`: this vLLM's `ErrorResponse`."""
 
 
 def error_response(
-    make_error: ErrorMaker,
+    adapter: Adapter,
     raw_request: Request,
     message: str,
     param: str | None,
@@ -45,31 +40,26 @@ def error_response(
     err_type: str,
 ) -> JSONResponse:
     """An OpenAI-style error in this vLLM's own `ErrorResponse` format when the app can make one."""
-    serving = getattr(raw_request.app.state, "openai_serving_chat", None)
+    serving = adapter.serving_of(raw_request.app)
     if serving is not None:
-        response: JSONResponse = as_response(make_error(serving, message, err_type, status, param))
+        made = adapter.route_error(serving, message, err_type, status, param)
+        response: JSONResponse = adapter.as_response(made)
         return response
     body = {"error": {"message": message, "type": err_type, "param": param, "code": int(status)}}
     return JSONResponse(content=body, status_code=int(status))
 
 
-def as_response(result: Any) -> Any:
-    """vLLM 0.15 returns a caught exception as a bare `ErrorResponse` (HTTP 200): give it its status."""
-    if isinstance(result, Response):
-        return result
-    info = getattr(result, "error", result)
-    code = getattr(info, "code", None)
-    if isinstance(code, int) and hasattr(result, "model_dump"):
-        return JSONResponse(content=result.model_dump(), status_code=code)
-    return result
-
-
-def set_verification_headers(response: Any, verification: Verification | None) -> None:
-    if verification is None or not isinstance(response, Response):
+def set_headers(response: Any, seen: Outcome) -> None:
+    """The verification and splice headers, from the request's outcome."""
+    if not isinstance(response, Response):
         return
-    response.headers[VERIFICATION_HEADER] = verification.header_value()
-    if verification.compared and not verification.matched:
-        response.headers[FIRST_MISMATCH_HEADER] = str(verification.first_mismatch)
+    verification = seen.verification
+    if verification is not None:
+        response.headers[VERIFICATION_HEADER] = verification.result
+        if verification.first_mismatch is not None:
+            response.headers[FIRST_MISMATCH_HEADER] = str(verification.first_mismatch)
+    if seen.splice is not None:
+        response.headers[SPLICE_HEADER] = seen.splice.header_value()
 
 
 def _json_decoder() -> Callable[[bytes], Any]:
@@ -164,32 +154,7 @@ async def parse_request(request_model: type[Any], raw_request: Request) -> Any:
         raise _shape_error(data, exc) from None
 
 
-def _stream_error(chunk: Any) -> tuple[dict[str, Any], int] | None:
-    """vLLM's error event (`data: {"error": {...}}`, or a bare `ErrorResponse` in older releases), if
-    `chunk` is one: the body and its status code."""
-    text = chunk.decode("utf-8", "replace") if isinstance(chunk, bytes | bytearray) else str(chunk)
-    if not text.startswith("data: {"):
-        return None
-    try:
-        body = json.loads(text[len("data: ") :])
-    except ValueError:
-        return None
-    if not isinstance(body, dict):
-        return None
-    nested = body.get("error")
-    if isinstance(nested, dict):
-        info: dict[str, Any] = nested
-    elif body.get("object") == "error":
-        info = body
-    else:
-        return None
-    code = info.get("code")
-    return body, code if isinstance(code, int) and 400 <= code < 600 else int(
-        HTTPStatus.INTERNAL_SERVER_ERROR
-    )
-
-
-async def refuse_failed_stream(response: StreamingResponse) -> Response:
+async def refuse_failed_stream(response: StreamingResponse, adapter: Adapter) -> Response:
     """Wait for the stream's first event before committing to HTTP 200: if vLLM's first event is an error
     (inputs only its engine checks, e.g. an out-of-vocabulary `logit_bias`), answer with its status and
     vLLM's JSON error body instead. Nothing is buffered after the first event, and closing the stream
@@ -203,7 +168,7 @@ async def refuse_failed_stream(response: StreamingResponse) -> Response:
         first = await anext(events)
     except StopAsyncIteration:
         return response
-    refused = _stream_error(first)
+    refused = adapter.stream_error(first)
     if refused is not None:
         close = getattr(events, "aclose", None)
         if close is not None:
@@ -225,40 +190,67 @@ async def refuse_failed_stream(response: StreamingResponse) -> Response:
     return response
 
 
-def build_tokens_endpoint(chat_route: Endpoint, request_model: type[Any], make_error: ErrorMaker) -> Endpoint:
+def observed(endpoint: Endpoint) -> Endpoint:
+    """`endpoint` with the request's `Outcome` open while it runs (the swap writes into it), and counted
+    from it once answered. Creates the metrics (at route build time, so `/metrics` lists every series from
+    start-up)."""
+    metrics.get()
+
+    @functools.wraps(endpoint)
+    async def answered(raw_request: Request) -> Any:
+        with outcome.recording() as seen:
+            try:
+                response = await endpoint(raw_request)
+            except Exception as exc:  # vLLM's handlers answer it (a body that does not parse: 400)
+                status = getattr(exc, "status_code", None)
+                if isinstance(exc, RequestValidationError):
+                    seen.refusal, status = "invalid_request", 400
+                seen.status = status if isinstance(status, int) else 500
+                metrics.record(seen)
+                raise
+            seen.status = getattr(response, "status_code", 200)
+            metrics.record(seen)
+            return response
+
+    # FastAPI reads the parameters from the signature; resolved here, since the annotations are strings
+    # that only mean something in the endpoint's own module.
+    answered.__signature__ = inspect.signature(endpoint, eval_str=True)  # type: ignore[attr-defined]
+    return answered
+
+
+def build_tokens_endpoint(chat_route: Endpoint, request_model: type[Any], adapter: Adapter) -> Endpoint:
     """The route function. It parses the body itself (`parse_request`) rather than through a typed FastAPI
     parameter: the id lists are most of the body, and decoding them is most of what the route costs."""
 
     async def create_tokens_chat_completion(raw_request: Request) -> Any:
+        seen = outcome.current()
         request = await parse_request(request_model, raw_request)
-        metrics.note_request(raw_request, request)
-        refusal = refusal_reason(request)
+        seen.mode = "prefix_tokens" if request.prefix_tokens is not None else "tokens"
+        refusal = refusal_reason(request, adapter.fields)
         if refusal is not None:
             message, param = refusal
-            metrics.refused(param)
+            seen.refusal = param
             return error_response(
-                make_error, raw_request, message, param, HTTPStatus.BAD_REQUEST, "BadRequestError"
+                adapter, raw_request, message, param, HTTPStatus.BAD_REQUEST, "BadRequestError"
             )
-        response = as_response(await chat_route(request, raw_request))
+        response = adapter.as_response(await chat_route(request, raw_request))
         if isinstance(response, StreamingResponse):
-            response = await refuse_failed_stream(response)
-        set_verification_headers(response, request._tokens_verification)
-        if request._tokens_splice is not None and isinstance(response, Response):
-            response.headers[SPLICE_HEADER] = request._tokens_splice.header_value()
+            response = await refuse_failed_stream(response, adapter)
+        set_headers(response, seen)
         return response
 
-    return metrics.instrument(create_tokens_chat_completion)
+    return observed(create_tokens_chat_completion)
 
 
-def build_unavailable_endpoint(reason: str, make_error: ErrorMaker) -> Endpoint:
+def build_unavailable_endpoint(reason: str, adapter: Adapter) -> Endpoint:
     """The route when the patch could not apply: a clear 501 instead of a silent 404."""
 
     async def tokens_route_unavailable(raw_request: Request) -> JSONResponse:
         return error_response(
-            make_error, raw_request, reason, None, HTTPStatus.NOT_IMPLEMENTED, "NotImplementedError"
+            adapter, raw_request, reason, None, HTTPStatus.NOT_IMPLEMENTED, "NotImplementedError"
         )
 
-    return metrics.instrument(tokens_route_unavailable)
+    return observed(tokens_route_unavailable)
 
 
 def add_route(

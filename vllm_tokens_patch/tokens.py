@@ -1,154 +1,29 @@
-"""Validate the client's prompt ids, compare them with vLLM's rendering, and swap them in.
+"""Swap the client's prompt ids in around vLLM's render call: the render plumbing.
 
 This is the version-free heart of the patch: it talks to vLLM only through an `Adapter`. The wrapper
 runs inside vLLM's render method, i.e. before `get_max_tokens`, sampling params, request logging,
 reasoning bookkeeping and `generate`, and before any stream exists: everything downstream sees the
-client's ids, and every refusal here is a real HTTP 4xx.
+client's ids, and every refusal here is a real HTTP 4xx. What happened (verification, splice, refusal)
+goes to the request's `Outcome`, never onto vLLM's objects.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vllm_tokens_patch import metrics, splice
+from vllm_tokens_patch import outcome, splice
 from vllm_tokens_patch.adapters.base import Adapter, RenderContext, RenderTarget
-
-logger = logging.getLogger("vllm.tokens_patch")
-
-TOKEN_KINDS = frozenset({"token"})
-"""Engine-input `type`s whose ids may be replaced; a missing type means a plain token prompt."""
-MEDIA_KEYS = ("multi_modal_data", "mm_placeholders", "prompt_embeds", "encoder_prompt")
-"""Engine-input keys that tie the ids to something else (media, embeddings, an encoder prompt)."""
-
-
-class TokensRejected(ValueError):
-    """The client's ids cannot be served; the message is the client-facing reason."""
-
-    def __init__(self, message: str, param: str | None = "tokens", reason: str = "invalid_request") -> None:
-        super().__init__(message)
-        self.param = param
-        self.reason = reason
-        """The `reason` label of the refusal metric."""
-
-
-@dataclass(frozen=True)
-class Verification:
-    """How the client's ids compare with what vLLM rendered from `messages`."""
-
-    rendered_len: int
-    tokens_len: int
-    first_mismatch: int | None
-    """Index of the first differing position; None when the lists are equal; -1 when not compared."""
-
-    @property
-    def compared(self) -> bool:
-        return self.first_mismatch != -1
-
-    @property
-    def matched(self) -> bool:
-        return self.first_mismatch is None
-
-    def header_value(self) -> str:
-        if not self.compared:
-            return "skipped"
-        return "match" if self.matched else "mismatch"
-
-
-CHUNK = 512
-"""Ids compared per slice when locating a difference: slices compare at C speed, one chunk in Python."""
-
-
-def first_difference(rendered: Sequence[int], tokens: Sequence[int]) -> int | None:
-    """The first index at which the lists differ (a length difference counts), or None if equal."""
-    if rendered == tokens:  # the common case, compared at C speed
-        return None
-    shorter = min(len(rendered), len(tokens))
-    start = 0
-    while start < shorter and rendered[start : start + CHUNK] == tokens[start : start + CHUNK]:
-        start += CHUNK
-    for index in range(start, min(start + CHUNK, shorter)):
-        if rendered[index] != tokens[index]:
-            return index
-    return shorter
-
-
-def prompt_text(tokens: list[int], context: RenderContext) -> str | None:
-    """The text of the ids the engine is fed, for `return_prompt_text` (None without a tokenizer)."""
-    if context.tokenizer is None:
-        return None
-    text: str = context.tokenizer.decode(tokens, skip_special_tokens=False)
-    return text
-
-
-def vocabulary_bound(context: RenderContext) -> int | None:
-    """The largest id vLLM's engine accepts: `max(tokenizer.max_token_id, vocab_size - 1)`."""
-    bounds = []
-    if context.vocab_size is not None:
-        bounds.append(context.vocab_size - 1)
-    tokenizer = context.tokenizer
-    if tokenizer is not None:
-        max_token_id = getattr(tokenizer, "max_token_id", None)
-        if max_token_id is None:
-            try:
-                max_token_id = len(tokenizer) - 1
-            except TypeError:
-                max_token_id = None
-        if max_token_id is not None:
-            bounds.append(int(max_token_id))
-    return max(bounds) if bounds else None
-
-
-def validate_ids(tokens: Sequence[int], context: RenderContext) -> None:
-    """Raise `TokensRejected` for what vLLM would only notice inside the engine (mid-stream).
-
-    The request model already refused empty lists and negative or non-integer ids, so one C-speed `max`
-    is the whole scan; the offending position is located only on failure.
-    """
-    if not tokens:
-        raise TokensRejected("`tokens` must contain at least one token id")
-    bound = vocabulary_bound(context)
-    if bound is not None and max(tokens) > bound:
-        index, token_id = next((i, t) for i, t in enumerate(tokens) if t > bound)
-        raise TokensRejected(
-            f"Token id {token_id} at tokens[{index}] is out of vocabulary (valid ids are 0 to {bound})",
-            reason="out_of_vocabulary",
-        )
-    if len(tokens) >= context.max_model_len:
-        raise TokensRejected(
-            f"This model's maximum context length is {context.max_model_len} tokens. However, your "
-            f"request has {len(tokens)} input tokens in `tokens`, which leaves no room for output. "
-            "Please reduce the length of the input.",
-            reason="context_length",
-        )
-
-
-def check_engine_prompt(prompt: Mapping[str, Any]) -> None:
-    """Refuse engine inputs whose ids are bound to media, embeddings or an encoder prompt."""
-    kind = prompt.get("type", "token")
-    if kind not in TOKEN_KINDS or any(key in prompt for key in MEDIA_KEYS):
-        raise TokensRejected(
-            f"`tokens` cannot replace a {kind!r} prompt with media or embeddings; send text-only messages",
-            param="messages",
-            reason="multimodal",
-        )
-
-
-def report_mismatch(request_id: str, rendered: Sequence[int], tokens: Sequence[int], index: int) -> None:
-    logger.log(
-        metrics.mismatch_log_level(),
-        "vllm-tokens-patch: request %s: `tokens` differ from the ids vLLM rendered from `messages` "
-        "(rendered %d ids, tokens %d ids, first difference at index %d); the engine is fed `tokens`",
-        request_id,
-        len(rendered),
-        len(tokens),
-        index,
-    )
-    if logger.isEnabledFor(logging.DEBUG):
-        logger.debug("vllm-tokens-patch: request %s rendered ids: %s", request_id, list(rendered))
-        logger.debug("vllm-tokens-patch: request %s tokens: %s", request_id, list(tokens))
+from vllm_tokens_patch.mismatch_log import report_mismatch
+from vllm_tokens_patch.outcome import SKIPPED, Verification
+from vllm_tokens_patch.validation import (
+    TokensRejected,
+    check_engine_prompt,
+    first_difference,
+    prompt_text,
+    validate_ids,
+)
 
 
 def _nothing() -> None:
@@ -184,24 +59,24 @@ class TokensSwap:
     def uses_fast_path(self, request: Any, verify: bool) -> bool:
         """Skip vLLM's render: only unverified, where this vLLM has a native branch, and not for `echo`
         (which echoes the rendered conversation, so it is rendered as on the stock route)."""
-        return not verify and self.adapter.fast_path and not getattr(request, "echo", False)
+        return not verify and self.adapter.fast_path and not getattr(request, self.adapter.fields.echo, False)
 
     def render_sync(
         self, render: Callable[..., Any], serving: Any, target: RenderTarget, args: Any, kwargs: Any
     ) -> Any:
         calls = self._render_calls(serving, target, args, kwargs)
-        ask = _next_call(calls, _Outcome())
+        ask = _next_call(calls, _CallResult())
         while not isinstance(ask, _Finished):
-            ask = _next_call(calls, _Outcome.of(render, ask))
+            ask = _next_call(calls, _CallResult.of(render, ask))
         return ask.value
 
     async def render_async(
         self, render: Callable[..., Any], serving: Any, target: RenderTarget, args: Any, kwargs: Any
     ) -> Any:
         calls = self._render_calls(serving, target, args, kwargs)
-        ask = _next_call(calls, _Outcome())
+        ask = _next_call(calls, _CallResult())
         while not isinstance(ask, _Finished):
-            ask = _next_call(calls, await _Outcome.of_awaited(render, ask))
+            ask = _next_call(calls, await _CallResult.of_awaited(render, ask))
         return ask.value
 
     def _render_calls(self, serving: Any, target: RenderTarget, args: Any, kwargs: Any) -> _RenderCalls:
@@ -218,7 +93,7 @@ class TokensSwap:
                 rendered = exc
             step = self._answer(steps, rendered)
         if isinstance(step, splice.SpliceError):
-            metrics.refused("splice")
+            outcome.current().refusal = "splice"
             return self.adapter.error_from_render(serving, str(step), step.param)
         call, refused = self.begin(serving, request, self._spliced(request, step.value), args, kwargs)
         if refused is not None:
@@ -248,7 +123,7 @@ class TokensSwap:
     def _spliced(request: Any, result: splice.Splice | list[int]) -> list[int]:
         if isinstance(result, list):  # a `tokens` request
             return result
-        request._tokens_splice = result
+        outcome.current().splice = result
         return [*request.prefix_tokens, *result.bridge]
 
     def _stand_in(
@@ -282,7 +157,7 @@ class TokensSwap:
         try:
             validate_ids(tokens, context)
         except TokensRejected as exc:
-            metrics.refused(exc.reason)
+            outcome.current().refusal = exc.reason
             return call, self.adapter.error_from_render(serving, str(exc), exc.param)
         call.context = context
         call.undo = self.adapter.offer_ids(request, tokens)
@@ -302,41 +177,43 @@ class TokensSwap:
                     f"expected one engine prompt, vLLM rendered {len(prompts)}", None, "engine_prompts"
                 )
             (prompt,) = prompts
-            check_engine_prompt(prompt)
+            check_engine_prompt(prompt, self.adapter)
             context = call.context
             if context is None:
                 context = self.adapter.render_context(serving, args, kwargs)
                 validate_ids(tokens, context)
             self.adapter.check_length(serving, request, tokens, context)
         except TokensRejected as exc:
-            metrics.refused(exc.reason)
+            outcome.current().refusal = exc.reason
             return self.adapter.error_from_render(serving, str(exc), exc.param)
-        except Exception as exc:
-            # vLLM's own length check: a ValueError, or (0.27+) a VLLMValidationError that is not one.
-            if not isinstance(exc, ValueError) and not hasattr(exc, "parameter"):
+        except Exception as exc:  # this release's own length check refusing (else a bug: re-raised)
+            refusal = self.adapter.refusal_of(exc)
+            if refusal is None:
                 raise
-            metrics.refused("context_length")
-            return self.adapter.error_from_render(serving, str(exc), getattr(exc, "parameter", "tokens"))
+            outcome.current().refusal = "context_length"
+            return self.adapter.error_from_render(serving, *refusal)
 
-        rendered = prompt["prompt_token_ids"]
-        request._tokens_verification = self._verify(request, call.verify, rendered, tokens)
+        ids_key, text_key = self.adapter.prompt_ids_key, self.adapter.prompt_text_key
+        rendered = prompt[ids_key]
+        outcome.current().verification = self._verify(request, call.verify, rendered, tokens)
         wants_text = getattr(request, self.adapter.prompt_text_switch, None)
-        text = prompt.get("prompt") if wants_text and rendered == tokens else None
-        prompt["prompt_token_ids"] = tokens
+        text = prompt.get(text_key) if wants_text and rendered == tokens else None
+        prompt[ids_key] = tokens
         for key in self.adapter.derived_prompt_keys:
             prompt.pop(key, None)
         if wants_text:  # the text of what the engine is fed: the render's when the ids are the same
-            prompt["prompt"] = text if text is not None else prompt_text(tokens, context)
+            prompt[text_key] = text if text is not None else prompt_text(tokens, context)
         self.adapter.after_swap(result, tokens)
         return result
 
     def _verify(self, request: Any, verify: bool, rendered: Sequence[int], tokens: list[int]) -> Verification:
         if not verify:
-            return Verification(len(rendered), len(tokens), -1)
+            return SKIPPED
         index = first_difference(rendered, tokens)
         if index is not None:
-            report_mismatch(str(getattr(request, "request_id", "?")), rendered, tokens, index)
-        return Verification(len(rendered), len(tokens), index)
+            request_id = getattr(request, self.adapter.fields.request_id, "?")
+            report_mismatch(str(request_id), rendered, tokens, index)
+        return Verification.of(index)
 
 
 _Steps = Generator[splice.RenderAsk, list[int], "splice.Splice | list[int]"]
@@ -371,30 +248,30 @@ class _Finished:
 
 
 @dataclass(frozen=True)
-class _Outcome:
+class _CallResult:
     """A render call's result or exception, to send or throw into `_render_calls`."""
 
     value: Any = None
     error: BaseException | None = None
 
     @classmethod
-    def of(cls, render: Callable[..., Any], call: _CallArgs) -> _Outcome:
+    def of(cls, render: Callable[..., Any], call: _CallArgs) -> _CallResult:
         try:
             return cls(render(*call[0], **call[1]))
         except BaseException as exc:  # thrown back in: the request's own render re-raises it
             return cls(error=exc)
 
     @classmethod
-    async def of_awaited(cls, render: Callable[..., Any], call: _CallArgs) -> _Outcome:
+    async def of_awaited(cls, render: Callable[..., Any], call: _CallArgs) -> _CallResult:
         try:
             return cls(await render(*call[0], **call[1]))
         except BaseException as exc:  # cancellation included: the undo in `_render_calls` must run
             return cls(error=exc)
 
 
-def _next_call(calls: _RenderCalls, outcome: _Outcome) -> _CallArgs | _Finished:
+def _next_call(calls: _RenderCalls, result: _CallResult) -> _CallArgs | _Finished:
     try:
-        return calls.send(outcome.value) if outcome.error is None else calls.throw(outcome.error)
+        return calls.send(result.value) if result.error is None else calls.throw(result.error)
     except StopIteration as done:
         return _Finished(done.value)
 

@@ -20,6 +20,7 @@ CC = "vllm/entrypoints/openai/chat_completion"
 
 V0_33 = {
     "vllm/_version.py": "__version__ = version = '0.33.0'\n",
+    "vllm/exceptions.py": "class VLLMValidationError(Exception):\n    pass\n",
     f"{CC}/api_router.py": """
         from fastapi import APIRouter, FastAPI
 

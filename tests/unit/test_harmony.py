@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import wrapt
 
-from vllm_tokens_patch import adapters, mounting
+from vllm_tokens_patch import adapters, mounting, outcome
+from vllm_tokens_patch.outcome import Verification
 from vllm_tokens_patch.tokens import TokensSwap
 
 RENDERED = [200006, 17360, 200008, 3575, 200007]
@@ -34,7 +35,6 @@ class Request:
         self.max_tokens = max_tokens
         self.cache_salt = "salt"
         self.request_id = "harmony-1"
-        self._tokens_verification: Any = None
 
 
 class ServingChat:
@@ -66,19 +66,21 @@ def wrapped(adapter_name: str, method: str) -> Any:
 
 def test_0_10_shape_swaps_engine_prompt_and_request_prompts() -> None:
     request = Request(tokens=[200006, 9, 9, 200007])
-    messages, request_prompts, engine_prompts = wrapped("preprocess_chat_v0_10", "harmony_0_10")(request)
+    with outcome.recording() as seen:
+        messages, request_prompts, engine_prompts = wrapped("preprocess_chat_v0_10", "harmony_0_10")(request)
     assert messages == ["<harmony Message>"]
     assert engine_prompts == [{"prompt_token_ids": [200006, 9, 9, 200007], "cache_salt": "salt"}]
     assert request_prompts == [[200006, 9, 9, 200007]]
-    assert request._tokens_verification.first_mismatch == 1
+    assert seen.verification == Verification("mismatch", 1)
 
 
 @pytest.mark.parametrize("args", [(), (False,)])
 def test_0_14_shape_swaps_and_passes_arguments_through(args: tuple[bool, ...]) -> None:
     request = Request(tokens=list(RENDERED))
-    _, engine_prompts = wrapped("preprocess_chat_v0_13", "harmony_0_14")(request, *args)
+    with outcome.recording() as seen:
+        _, engine_prompts = wrapped("preprocess_chat_v0_13", "harmony_0_14")(request, *args)
     assert engine_prompts == [{"prompt_token_ids": RENDERED, "cache_salt": "salt"}]
-    assert request._tokens_verification.header_value() == "match"
+    assert seen.verification == Verification("match")
 
 
 def test_other_requests_are_untouched() -> None:

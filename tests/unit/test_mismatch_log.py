@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from vllm_tokens_patch import metrics, settings
+from vllm_tokens_patch import settings
+from vllm_tokens_patch.mismatch_log import MismatchLog, report_mismatch
 from vllm_tokens_patch.settings import Settings, SettingsError
-from vllm_tokens_patch.tokens import report_mismatch
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,7 @@ def test_bad_values_of_the_setting_are_refused(raw: str) -> None:
 
 
 def test_the_first_n_at_warning_then_one_note_then_debug(caplog: pytest.LogCaptureFixture) -> None:
-    log = metrics.MismatchLog(limit=2)
+    log = MismatchLog(limit=2)
     with caplog.at_level(logging.DEBUG, logger="vllm.tokens_patch"):
         levels = [log.level() for _ in range(5)]
     assert levels == [logging.WARNING, logging.WARNING, logging.DEBUG, logging.DEBUG, logging.DEBUG]
@@ -39,8 +39,8 @@ def test_the_first_n_at_warning_then_one_note_then_debug(caplog: pytest.LogCaptu
 
 def test_zero_logs_none_at_warning_and_all_logs_every_one(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="vllm.tokens_patch"):
-        silent = [metrics.MismatchLog(limit=0).level()]
-        loud = metrics.MismatchLog(limit=None)
+        silent = [MismatchLog(limit=0).level()]
+        loud = MismatchLog(limit=None)
         every = [loud.level() for _ in range(50)]
     assert silent == [logging.DEBUG] and every == [logging.WARNING] * 50
     assert len(caplog.records) == 1  # the note, on the first suppressed mismatch

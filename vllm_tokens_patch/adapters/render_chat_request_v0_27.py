@@ -24,10 +24,12 @@ class RenderChatRequestV027(RenderChatRequestV016):
     name = "render_chat_request_v0_27"
 
     native_reuse = Location("vllm.renderers.online_renderer", "_reused_prompt_token_ids")
+    client_error = Location("vllm.exceptions", "VLLMValidationError")
+    """The length check's error: no `ValueError` from 0.27 (`VLLMValidationError(VLLMClientError)`)."""
 
     def offer_ids(self, request: Any, tokens: list[int]) -> Callable[[], None]:
         given = request.kv_transfer_params  # the client's own dict is never mutated
-        request.kv_transfer_params = {**(given or {}), "prompt_token_ids": tokens}
+        request.kv_transfer_params = {**(given or {}), self.fields.reused_ids: tokens}
 
         def undo() -> None:
             request.kv_transfer_params = given
