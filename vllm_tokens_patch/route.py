@@ -143,9 +143,9 @@ async def parse_request(request_model: type[Any], raw_request: Request) -> Any:
     try:
         return request_model.model_validate(data)
     except ValidationError as exc:
-        errors = []
-        for error in exc.errors(include_url=False):
-            error = {**error, "loc": ("body", *error["loc"])}
+        errors: list[dict[str, Any]] = []
+        for details in exc.errors(include_url=False):
+            error: dict[str, Any] = {**details, "loc": ("body", *details["loc"])}
             if "input" in error:
                 error["input"] = _bounded(error["input"])
             errors.append(error)
