@@ -132,8 +132,8 @@ async def parse_request(request_model: type[Any], raw_request: Request) -> Any:
     try:
         body = await raw_request.body()
     except ClientDisconnect:  # gone before its body arrived: the stock route's quiet 400, no traceback
-        error = {"type": "value_error", "loc": ("body",), "msg": "the client disconnected", "input": None}
-        raise RequestValidationError([error], body=None) from None
+        gone = {"type": "value_error", "loc": ("body",), "msg": "the client disconnected", "input": None}
+        raise RequestValidationError([gone], body=None) from None
     try:
         data = _decode_json(body)
     except Exception as exc:  # any decoder failure is a malformed body
