@@ -18,7 +18,11 @@ from typing import Any
 from starlette.background import BackgroundTask, BackgroundTasks
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from vllm_tokens_patch.adapters import load
 from vllm_tokens_patch.route import refuse_failed_stream
+
+ADAPTER = load("render_chat_request_v0_27")
+"""Whose stream-error format the route reads (every adapter has vLLM's `data: {"error": ...}` event)."""
 
 ERROR_EVENT = 'data: {"error": {"message": "bad logit_bias", "type": "BadRequestError", "code": 400}}\n\n'
 DATA_EVENTS = ['data: {"choices": [{"delta": {"role": "assistant"}}]}\n\n', "data: [DONE]\n\n"]
@@ -76,7 +80,7 @@ def test_a_refused_stream_keeps_vllms_background_task() -> None:
     vllm = VllmStream([ERROR_EVENT, "data: [DONE]\n\n"])
 
     async def scenario() -> tuple[Response, int, bytes]:
-        response = await refuse_failed_stream(vllm.response())
+        response = await refuse_failed_stream(vllm.response(), ADAPTER)
         return response, *(await serve(response))
 
     response, status, body = asyncio.run(scenario())
@@ -96,7 +100,7 @@ def test_a_refused_stream_keeps_every_background_task() -> None:
     tasks.add_task(vllm.decrement)
 
     async def scenario() -> int:
-        response = await refuse_failed_stream(vllm.response(tasks))
+        response = await refuse_failed_stream(vllm.response(tasks), ADAPTER)
         status, _ = await serve(response)
         return status
 
@@ -108,7 +112,7 @@ def test_a_good_stream_is_replayed_whole_and_closed_once_with_its_background() -
     vllm = VllmStream(DATA_EVENTS)
 
     async def scenario() -> tuple[Response, int, bytes]:
-        response = await refuse_failed_stream(vllm.response())
+        response = await refuse_failed_stream(vllm.response(), ADAPTER)
         return response, *(await serve(response))
 
     response, status, body = asyncio.run(scenario())
@@ -122,7 +126,7 @@ def test_an_empty_stream_is_answered_as_vllm_made_it() -> None:
     vllm = VllmStream([])
 
     async def scenario() -> tuple[int, bytes]:
-        return await serve(await refuse_failed_stream(vllm.response()))
+        return await serve(await refuse_failed_stream(vllm.response(), ADAPTER))
 
     assert asyncio.run(scenario()) == (200, b"")
     assert vllm.closed and vllm.server_load == 0
