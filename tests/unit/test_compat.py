@@ -86,20 +86,6 @@ def test_a_pre_release_of_the_newest_row_is_not_newer_than_the_matrix() -> None:
     assert "newer than the compatibility matrix" in choice.reason
 
 
-OLD_ROW_PINS = {v: ("transformers<5",) for v in ["0.10.2", "0.11.0", "0.11.1", "0.11.2"]}
-"""`pins:` of each row as compat_matrix.yaml had them before the top-level range table (all other rows:
-none)."""
-
-
-def test_the_pins_table_gives_every_release_its_old_row_pins() -> None:
-    matrix = compat.load_matrix()
-    assert {r.version: r.pins for r in matrix.releases} == {
-        r.version: OLD_ROW_PINS.get(r.version, ()) for r in matrix.releases
-    }
-    data = yaml.safe_load((ROOT / "compat_matrix.yaml").read_text(encoding="utf-8"))
-    assert not [row["version"] for row in data["releases"] if "pins" in row]  # only the table holds pins
-
-
 def test_pins_apply_by_range_also_to_unlisted_versions() -> None:
     text = (ROOT / "compat_matrix.yaml").read_text(encoding="utf-8")
     table = 'pins:\n  "<0.12.0": ["transformers<5"]\n'
