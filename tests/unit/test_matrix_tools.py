@@ -45,6 +45,7 @@ def result(results: Path, version: str, outcome: str, run: str | None, kind: str
 def matrix(tmp_path: Path) -> Path:
     path = tmp_path / "compat_matrix.yaml"
     shutil.copy(ROOT / "compat_matrix.yaml", path)
+    shutil.copy(ROOT / "compat_results.yaml", tmp_path / "compat_results.yaml")
     return path
 
 
@@ -61,12 +62,35 @@ def test_record_takes_only_the_named_run_pass_and_fail_alike(tmp_path: Path, mat
     result(results, "0.33.0", "fail", "run-now")
     result(results, "0.10.2", "pass", "run-now", kind="e2e")
     before = {v: status(matrix, v) for v in ["0.20.2", "0.21.0"]}
+    hand_kept = matrix.read_text()
     assert matrix_tools.record_results(matrix, results, "run-now") == 2
+    assert matrix.read_text() == hand_kept  # only compat_results.yaml is written
     assert status(matrix, "0.33.0") == {"result": "fail", "date": "2026-12-02"}
     assert status(matrix, "0.10.2", "e2e") == {"result": "pass", "date": "2026-12-02"}
     assert {v: status(matrix, v) for v in ["0.20.2", "0.21.0"]} == before  # not this run: untouched
-    assert matrix_tools.load(matrix).ci_versions == matrix_tools.load(ROOT / "compat_matrix.yaml").ci_versions
-    assert matrix.read_text().startswith("# The single source of truth")
+    written = matrix.with_name("compat_results.yaml").read_text()
+    assert written.startswith(matrix_tools.RESULTS_HEADER)
+    assert matrix_tools.dump_results(yaml.safe_load(written)) == written  # stays canonical
+
+
+def test_record_starts_the_results_file_and_skips_unlisted_releases(tmp_path: Path, matrix: Path) -> None:
+    matrix.with_name("compat_results.yaml").unlink()
+    results = tmp_path / "results"
+    result(results, "0.33.0", "pass", "run-now")
+    result(results, "99.0.0", "pass", "run-now")  # not a row of the matrix
+    assert matrix_tools.record_results(matrix, results, "run-now") == 1
+    assert yaml.safe_load(matrix.with_name("compat_results.yaml").read_text()) == {
+        "0.33.0": {"vllm": {"result": "pass", "date": "2026-12-02"}}
+    }
+
+
+@pytest.mark.parametrize("key", ["status", "fast_path"])
+def test_a_row_with_a_generated_field_fails_naming_what_to_do(matrix: Path, key: str) -> None:
+    """E.g. a merge that brings back the old layout's `status:` blocks."""
+    text = matrix.read_text().replace("cpu_wheel: true\n", f"cpu_wheel: true\n    {key}: {{}}\n", 1)
+    matrix.write_text(text)
+    with pytest.raises(ValueError, match=f"delete `{key}`"):
+        matrix_tools.load(matrix)
 
 
 def test_record_of_a_named_earlier_run_or_all(tmp_path: Path, matrix: Path) -> None:
@@ -90,10 +114,18 @@ def test_a_new_result_replaces_the_file_of_an_earlier_run(tmp_path: Path) -> Non
 # --- the pins table -----------------------------------------------------------------------------------------
 
 
-def test_the_repo_matrix_is_in_the_canonical_layout_with_its_pins_table() -> None:
+def test_the_repo_files_are_in_the_canonical_layout() -> None:
     text = (ROOT / "compat_matrix.yaml").read_text(encoding="utf-8")
     assert matrix_tools.dump(yaml.safe_load(text), matrix_tools._header(text)) == text
-    assert '\npins:\n  "<0.12.0": ["transformers<5"]\n\noverrides:\n' in text
+    results = (ROOT / "compat_results.yaml").read_text(encoding="utf-8")
+    assert matrix_tools.dump_results(yaml.safe_load(results)) == results
+
+
+def test_every_pin_and_override_says_why() -> None:
+    data = yaml.safe_load((ROOT / "compat_matrix.yaml").read_text(encoding="utf-8"))
+    for table in ("pins", "overrides"):
+        for spec, entry in (data.get(table) or {}).items():
+            assert set(entry) == {"requirements", "why"} and entry["why"].strip(), (table, spec)
 
 
 def test_dump_refuses_pins_on_a_row() -> None:

@@ -448,22 +448,17 @@ def test_fast_path_feeds_tokens_says_skipped_and_logs_nothing(
     assert plugin_logs.messages(logging.WARNING) == []
 
 
-def test_fast_path_is_where_the_matrix_says() -> None:
-    adapter = plugin._state.adapter
-    assert adapter is not None
-    assert adapter.fast_path is matrix_row().fast_path
-
-
-def test_fast_path_skips_the_render_where_the_matrix_says(run: Any, served: VllmApp) -> None:
+def test_fast_path_skips_the_render_where_the_adapter_has_it(run: Any, served: VllmApp) -> None:
     """`messages` that render past `max_model_len` with short `tokens`: vLLM refuses them when it renders
-    (default mode, and releases without a fast path); the fast path never renders them."""
+    (default mode, and releases whose adapter has no fast path); the fast path never renders them. So the
+    adapter's `fast_path` (the README table's column, derived from it) is proven on each release."""
     too_long = TOO_LONG_MESSAGES
     assert len(served.chat_ids(too_long)) > MAX_MODEL_LEN
     tokens = served.chat_ids(MESSAGES)
     rendered = post(run, served, ROUTE, body(served, too_long, tokens=tokens))
     assert rendered.status_code == 400, rendered.text
     fast = post(run, served, ROUTE, body(served, too_long, tokens=tokens, **MODES["fast"]))
-    if matrix_row().fast_path:
+    if ADAPTER.fast_path:
         assert fast.status_code == 200, fast.text
         assert served.engine.prompts[-1]["prompt_token_ids"] == tokens
         assert fast.headers["x-vllm-tokens-verification"] == "skipped"
@@ -697,7 +692,7 @@ def test_doctor_reports_this_release_in_a_fresh_process() -> None:
         row.adapter,
         True,
     )
-    assert report["fast_path"] is row.fast_path and report["ok"] is True
+    assert report["fast_path"] is ADAPTER.fast_path and report["ok"] is True
     assert report["matrix_status"] == row.status
     checks = {check["name"]: check for check in report["checks"]}
     assert {f"target {role}" for role in ADAPTER.targets()} <= set(checks)
