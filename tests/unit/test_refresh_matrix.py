@@ -10,7 +10,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
-import matrix_tools  # noqa: E402
+import matrix_file  # noqa: E402
 import refresh_matrix  # noqa: E402
 
 from vllm_tokens_patch import compat  # noqa: E402
@@ -55,7 +55,7 @@ def data() -> dict:
 
 
 def test_the_synthetic_matrix_is_canonical() -> None:
-    assert matrix_tools.dump(data(), matrix_tools._header(MATRIX)) == MATRIX
+    assert matrix_file.dump(data(), matrix_file.header(MATRIX)) == MATRIX
 
 
 def test_newer_releases_are_final_and_oldest_first() -> None:
@@ -106,7 +106,7 @@ def test_refresh_appends_rows_in_the_canonical_layout() -> None:
         "    cpu_torch: null\n"
         "    cpu_wheel: false\n"
     )
-    assert matrix_tools.dump(yaml.safe_load(text), matrix_tools._header(text)) == text  # stays canonical
+    assert matrix_file.dump(yaml.safe_load(text), matrix_file.header(text)) == text  # stays canonical
     matrix = compat.parse_matrix(text)
     new = matrix.release("0.35.0")
     assert new is not None and new.status == {} and new.adapter == "render_chat_request_v0_27"
