@@ -1,11 +1,14 @@
 # /// script
-# dependencies = ["nox>=2025.2.9", "PyYAML>=5.4", "packaging>=21"]
+# # nox 2025.02.09 is the first to install a noxfile's own PEP 723 dependencies (its "script mode");
+# # PyYAML and packaging: the package's floors (pyproject.toml), since the noxfile parses the matrix with it.
+# dependencies = ["nox>=2025.2.9", "PyYAML>=6.0.1", "packaging>=21"]
 # ///
 """Test sessions, generated from compat_matrix.yaml (the single source of truth).
 
 nox -s unit                 version-free logic, no vLLM installed (seconds)
 nox -s lint                 ruff
 nox -s typecheck            mypy --strict on the package
+nox -s floors               unit tests and one release's suite on the lowest declared runtime dependencies
 nox -s vllm-0.33.0          the behaviour suite on vLLM 0.33.0's real app with a fake engine
 nox -t ci                   what .ci/run runs: unit, families, lint, typecheck, the CI vllm-<X> set, one e2e
 
@@ -48,7 +51,7 @@ RUN_ID = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 """This nox invocation (the noxfile is imported once per invocation): `record` and `coverage` take only
 the results and coverage data files that carry it, never a stale file of an earlier run."""
 PYTEST = ["pytest", "--import-mode=importlib", "-p", "no:cacheprovider"]
-UNIT_DEPS = ["pytest", "fastapi", "httpx", "pydantic>=2"]
+UNIT_DEPS = ["pytest", "fastapi", "httpx", "pydantic>=2"]  # pydantic 2: request.py's model_validator & co.
 REINSTALL_OURS = [
     "--reinstall-package",
     "vllm-tokens-patch",
@@ -127,7 +130,7 @@ def typecheck(session: nox.Session) -> None:
     session.install(
         "mypy",
         "types-PyYAML",
-        "wrapt>=2",
+        "wrapt>=2",  # the first wrapt with type hints (py.typed); the package itself runs on >= 1.15
         "packaging",
         "fastapi",
         "pydantic>=2",
@@ -198,7 +201,7 @@ for _release in MATRIX.supported:
 FLOORS = next(r for r in MATRIX.supported if r.version == MATRIX.ci_versions[-1])
 """The release the floors session runs the behaviour suite on: the newest of the CI set (its vllm-<X>
 session has warmed uv's cache)."""
-RUNTIME_DEPENDENCIES = ["wrapt", "packaging", "pyyaml"]
+RUNTIME_DEPENDENCIES = ["wrapt", "packaging", "pyyaml", "httpx"]  # httpx: the `client` extra
 
 
 def _install_floors(session: nox.Session, *also: str) -> None:
@@ -207,7 +210,7 @@ def _install_floors(session: nox.Session, *also: str) -> None:
     first, or uv would keep the versions already there (a reused venv, or what vLLM pulled in)."""
     env = {"VIRTUAL_ENV": session.virtualenv.location}
     session.run_install("uv", "pip", "uninstall", *RUNTIME_DEPENDENCIES, external=True, env=env)
-    session.install("--resolution", "lowest-direct", *REINSTALL_OURS, ".", *also)
+    session.install("--resolution", "lowest-direct", *REINSTALL_OURS, ".[client]", *also)
     show = "import sys, importlib.metadata as m; print(*(f'{d}=={m.version(d)}' for d in sys.argv[1:]))"
     session.run("python", "-c", show, *RUNTIME_DEPENDENCIES)  # the floors this run tested
 
@@ -216,8 +219,9 @@ def _install_floors(session: nox.Session, *also: str) -> None:
 @nox.parametrize("suite", [nox.param("unit", id="unit"), nox.param("vllm", id=f"vllm-{FLOORS.version}")])
 def floors(session: nox.Session, suite: str) -> None:
     """`nox -s floors`: the unit tests, and the behaviour suite on one release, with the LOWEST versions
-    of the runtime dependencies pyproject declares (wrapt, packaging, PyYAML; with vLLM: the lowest it
-    accepts too), so a floor set too low fails here. Not measured, not recorded."""
+    of the runtime dependencies pyproject declares (wrapt, packaging, PyYAML, and httpx of the `client`
+    extra; with vLLM: the lowest it accepts too), so a floor set too low fails here. Not measured, not
+    recorded."""
     if suite == "unit":
         session.install(*UNIT_DEPS)
         _install_floors(session)

