@@ -1,10 +1,11 @@
 """What a token-in request costs on vLLM's real app, against the stock chat route, in one process.
 
 vLLM's real app (arg parser, engine config, renderer/tokenizer, `build_app`, middlewares, routes) around
-the fake engine of the behaviour suite (testbed/harness.py), so the engine costs nothing and what is
-measured is HTTP parsing, validation, chat-template rendering, tokenization and response building. Every
-request goes through the app's in-process httpx ASGI client; bodies are JSON-encoded once, outside the
-timed region, so client-side encoding is not counted. Each case is one request kind for the same prompt:
+the fake engine of the behaviour suite (`vllm_tokens_patch_testbed.harness`), so the engine costs nothing
+and what is measured is HTTP parsing, validation, chat-template rendering, tokenization and response
+building. Every request goes through the app's in-process httpx ASGI client; bodies are JSON-encoded once,
+outside the timed region, so client-side encoding is not counted. Each case is one request kind for the
+same prompt:
 
   stock-without-plugin  POST /v1/chat/completions on vLLM as if the plugin were absent: a second app whose
                         serving object calls the original render method. The class attribute
@@ -54,14 +55,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bpe_model import build_bpe_model  # benchmarks/, next to this script
+from vllm_tokens_patch_testbed.harness import VllmApp, build_vllm_app
+from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
+
+from vllm_tokens_patch.client import token_route
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "testbed")]
-
-from bpe_model import build_bpe_model  # noqa: E402
-from harness import VllmApp, build_vllm_app  # noqa: E402
-from tiny_model import build_tiny_model  # noqa: E402
-
-from vllm_tokens_patch.client import token_route  # noqa: E402
 
 MAX_MODEL_LEN = 40960
 MAX_TOKENS = 4
@@ -72,7 +72,7 @@ SIZES = {"1k": 1024, "4k": 4096, "16k": 16384, "32k": 32768, "multi-turn-8k": 81
 """Target rendered prompt tokens; `multi-turn-*`: 66 alternating user/assistant messages + a new user one."""
 TURN_MESSAGES = 66
 TOKENIZERS = {
-    "tiny-1k": "testbed/tiny_model.py: byte-level BPE, VOCAB_SIZE 1024 (fewer ids trained)",
+    "tiny-1k": "vllm_tokens_patch_testbed.tiny_model: byte-level BPE, VOCAB_SIZE 1024 (fewer ids trained)",
     "bpe-65k": "anthropic==0.34.2 anthropic/tokenizer.json: byte-level BPE, 65k vocab, + ChatML specials",
 }
 _WORDS = (

@@ -56,16 +56,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from vllm_tokens_patch_testbed.serve import VllmServer
+from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
+
+from vllm_tokens_patch.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "testbed")]
-
-from serve import VllmServer  # noqa: E402
-from tiny_model import build_tiny_model  # noqa: E402
 
 API_KEY = "soak-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-TOKENS_ROUTE = "/v1/chat/completions/tokens"
+TOKENS_ROUTE = Settings.route_path
 STOCK_ROUTE = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "Hello world, how are you today?"}]
 HISTORY = [*MESSAGES, {"role": "assistant", "content": "Fine, thanks."}]

@@ -10,12 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from repo_paths import ROOT, TESTBED
-
-sys.path.insert(0, str(TESTBED))
-
-from serve import VllmServer
-from tiny_model import build_tiny_model
+from repo_paths import ROOT
+from vllm_tokens_patch_testbed.serve import VllmServer
+from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
 
 from vllm_tokens_patch import demo
 

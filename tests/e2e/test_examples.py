@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import API_KEY
-from serve import VllmServer
+from vllm_tokens_patch_testbed.e2e_suite import API_KEY
+from vllm_tokens_patch_testbed.serve import VllmServer
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from serve import VllmServer
-from test_serve import MESSAGES, post
+from vllm_tokens_patch_testbed.e2e_suite import MESSAGES, post
+from vllm_tokens_patch_testbed.serve import VllmServer
 
 from vllm_tokens_patch.settings import Settings
 

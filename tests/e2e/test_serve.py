@@ -10,26 +10,20 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import API_KEY, ARTIFACTS
-from doctor_cli import doctor_report
 from openai import OpenAI
 from openai.types.chat import ChatCompletion
-from serve import VllmServer
-from vllm_errors import assert_vllm_error, error_info
+from vllm_tokens_patch_testbed.doctor_cli import doctor_report
+from vllm_tokens_patch_testbed.e2e_suite import API_KEY, ARTIFACTS, MESSAGES, post
+from vllm_tokens_patch_testbed.serve import VllmServer
+from vllm_tokens_patch_testbed.vllm_errors import assert_vllm_error, error_info
 
 from vllm_tokens_patch.client import TokenChatClient
 from vllm_tokens_patch.demo import format_table, rollout
 from vllm_tokens_patch.settings import Settings
 
-MESSAGES = [{"role": "user", "content": "Hello world, how are you today?"}]
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 TOKENS_ROUTE = Settings.route_path
-
-
-def post(url: str, **kwargs: Any) -> httpx.Response:
-    """A CPU engine on 2 shared cores can take seconds per request: httpx's 5 s default is too short."""
-    return httpx.post(url, timeout=120, **kwargs)
 
 
 def sdk(server: VllmServer) -> OpenAI:

@@ -1,15 +1,9 @@
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from family_templates import FAMILIES, build_tokenizer  # noqa: E402
+from vllm_tokens_patch_testbed.family_templates import FAMILIES, build_tokenizer
 
 
 @pytest.fixture(scope="session")

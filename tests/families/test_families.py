@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import jinja2
 import pytest
-from family_templates import FAMILIES, Family
-from splice_driver import encode, render_ids, render_text, splice_with
+from vllm_tokens_patch_testbed.family_templates import FAMILIES, Family
+from vllm_tokens_patch_testbed.splice_driver import encode, render_ids, render_text, splice_with
 
 from vllm_tokens_patch.splice import SpliceError
 

@@ -186,6 +186,18 @@ def test_a_renamed_render_method_fails_naming_it(tmp_path: Path, capsys: pytest.
     assert "have no render_chat_request" in line
 
 
+def test_a_renamed_class_member_fails_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing member of a found class fails on its own: `length_check` is a plain Location, so no
+    second check (such as a render target's "is not a def") could catch it instead."""
+    files = dict(V0_33)
+    files[f"{CC}/protocol.py"] = files[f"{CC}/protocol.py"].replace("build_tok_params", "build_params")
+    status, out = report(write_tree(tmp_path, files), capsys=capsys)
+    assert status == 1
+    (line,) = fails(out)
+    assert "length_check" in line and "ChatCompletionRequest.build_tok_params" in line
+    assert "class ChatCompletionRequest" in line and "have no build_tok_params" in line
+
+
 def test_a_module_level_copy_of_attach_router_fails(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

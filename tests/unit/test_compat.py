@@ -6,13 +6,21 @@ import pytest
 import yaml
 from packaging.version import Version
 
-from vllm_tokens_patch import adapters, compat
+from vllm_tokens_patch import compat
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_packaged_matrix_is_the_repo_matrix() -> None:
+def test_packaged_matrix_and_results_are_the_repo_files() -> None:
     assert compat._matrix_text() == (ROOT / "compat_matrix.yaml").read_text(encoding="utf-8")
+    assert compat._results_text() == (ROOT / "compat_results.yaml").read_text(encoding="utf-8")
+
+
+def test_the_status_of_a_row_comes_from_the_results() -> None:
+    results = yaml.safe_load((ROOT / "compat_results.yaml").read_text(encoding="utf-8"))
+    matrix = compat.load_matrix()
+    assert {r.version: r.status for r in matrix.releases if r.status} == results
+    assert compat.parse_matrix(compat._matrix_text()).releases[0].status == {}
 
 
 def test_matrix_lists_final_releases_once_oldest_first() -> None:
@@ -56,14 +64,6 @@ def test_choose(version: str, adapter: str | None, tested: bool) -> None:
     assert version in choice.reason
 
 
-def test_each_rows_fast_path_is_its_adapters_capability() -> None:
-    for release in compat.load_matrix().supported:
-        assert release.adapter is not None
-        assert release.fast_path is adapters.load(release.adapter).fast_path, release.version
-    assert any(r.fast_path for r in compat.load_matrix().supported)
-    assert not all(r.fast_path for r in compat.load_matrix().supported)
-
-
 def test_parse_version_orders_rc_dev_and_local_builds() -> None:
     versions = ["0.34.0", "0.34.0rc1", "0.33.0+cpu", "0.33.0", "0.34.0.dev3", "0.10.2", "not-a-version"]
     ordered = sorted(versions, key=compat.parse_version)
@@ -86,27 +86,10 @@ def test_a_pre_release_of_the_newest_row_is_not_newer_than_the_matrix() -> None:
     assert "newer than the compatibility matrix" in choice.reason
 
 
-OLD_ROW_PINS = {v: ("transformers<5",) for v in ["0.10.2", "0.11.0", "0.11.1", "0.11.2"]}
-"""`pins:` of each row as compat_matrix.yaml had them before the top-level range table (all other rows:
-none)."""
-
-
-def test_the_pins_table_gives_every_release_its_old_row_pins() -> None:
-    matrix = compat.load_matrix()
-    assert {r.version: r.pins for r in matrix.releases} == {
-        r.version: OLD_ROW_PINS.get(r.version, ()) for r in matrix.releases
-    }
-    data = yaml.safe_load((ROOT / "compat_matrix.yaml").read_text(encoding="utf-8"))
-    assert not [row["version"] for row in data["releases"] if "pins" in row]  # only the table holds pins
-
-
 def test_pins_apply_by_range_also_to_unlisted_versions() -> None:
-    text = (ROOT / "compat_matrix.yaml").read_text(encoding="utf-8")
-    table = 'pins:\n  "<0.12.0": ["transformers<5"]\n'
-    assert table in text
-    text = text.replace(
-        table, 'pins:\n  "<0.12.0": ["transformers<5"]\n  ">=0.11.1,<0.14": ["a<2", "transformers<5"]\n'
-    )
+    text = 'ci: {}\npins:\n  "<0.12.0": {"requirements": ["transformers<5"], "why": "w"}\n'
+    text += '  ">=0.11.1,<0.14": ["a<2", "transformers<5"]\nreleases:\n'
+    text += "".join(f'  - {{version: "{v}", adapter: x}}\n' for v in ["0.11.0", "0.11.2", "0.13.0", "0.14.1"])
     matrix = compat.parse_matrix(text)
     assert matrix.release("0.11.0").pins == ("transformers<5",)  # type: ignore[union-attr]
     assert matrix.release("0.11.2").pins == ("transformers<5", "a<2")  # type: ignore[union-attr]
@@ -119,8 +102,6 @@ def test_pins_apply_by_range_also_to_unlisted_versions() -> None:
 
 
 def test_overrides_apply_by_range_and_carry_their_reason() -> None:
-    data = yaml.safe_load((ROOT / "compat_matrix.yaml").read_text(encoding="utf-8"))
-    assert all(entry["why"].strip() for entry in data["overrides"].values())
     text = 'ci: {}\noverrides:\n  ">=0.33.0": {"requirements": ["a>=1"], "why": "w"}\n'
     text += '  ">=0.34.0": ["b==2"]\nreleases:\n  - {version: "0.32.0", adapter: x}\n'
     text += '  - {version: "0.34.0", adapter: x}\n'

@@ -10,13 +10,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
-import matrix_tools  # noqa: E402
+import adapter_coverage  # noqa: E402
+import doc_ranges  # noqa: E402
+import matrix_file  # noqa: E402
+import readme_table  # noqa: E402
+import session_results  # noqa: E402
+import vllm_cpu_env  # noqa: E402
+
+from vllm_tokens_patch import compat  # noqa: E402
 
 
 def test_readme_table_is_generated_from_the_matrix() -> None:
-    table = matrix_tools.render_table(matrix_tools.load(ROOT / "compat_matrix.yaml"))
+    table = readme_table.render_table(matrix_file.load(ROOT / "compat_matrix.yaml"))
     assert table in (ROOT / "README.md").read_text(encoding="utf-8")
-    assert table.count("\n") == len(matrix_tools.load(ROOT / "compat_matrix.yaml").releases) + 1
+    assert table.count("\n") == len(matrix_file.load(ROOT / "compat_matrix.yaml").releases) + 1
 
 
 def test_the_table_sorts_pre_releases_by_pep_440() -> None:
@@ -25,11 +32,11 @@ def test_the_table_sorts_pre_releases_by_pep_440() -> None:
         f'  - version: "{v}"\n    adapter: "render_chat_request_v0_27"\n    python: "3.12"\n'
         for v in ["99.0.0", "99.0.0rc1", "0.9.2"]
     )
-    matrix = matrix_tools.parse_matrix(text.replace("releases:\n", "releases:\n" + extra))
+    matrix = compat.parse_matrix(text.replace("releases:\n", "releases:\n" + extra))
     versions = [
-        row.split(" | ")[0].removeprefix("| ") for row in matrix_tools.render_table(matrix).splitlines()[2:]
+        row.split(" | ")[0].removeprefix("| ") for row in readme_table.render_table(matrix).splitlines()[2:]
     ]
-    newest = matrix_tools.load(ROOT / "compat_matrix.yaml").newest_supported.version
+    newest = matrix_file.load(ROOT / "compat_matrix.yaml").newest_supported.version
     assert versions[:2] == ["0.9.2", "0.10.2"] and versions[-3:] == [newest, "99.0.0rc1", "99.0.0"]
 
 
@@ -38,18 +45,19 @@ def test_the_table_sorts_pre_releases_by_pep_440() -> None:
 
 def result(results: Path, version: str, outcome: str, run: str | None, kind: str = "vllm") -> None:
     record = {"kind": kind, "version": version, "result": outcome, "date": "2026-12-02"}
-    matrix_tools.write_result(results, record if run is None else {**record, "run": run})
+    session_results.write_result(results, record if run is None else {**record, "run": run})
 
 
 @pytest.fixture
 def matrix(tmp_path: Path) -> Path:
     path = tmp_path / "compat_matrix.yaml"
     shutil.copy(ROOT / "compat_matrix.yaml", path)
+    shutil.copy(ROOT / "compat_results.yaml", tmp_path / "compat_results.yaml")
     return path
 
 
 def status(matrix: Path, version: str, kind: str = "vllm") -> dict[str, str] | None:
-    release = matrix_tools.load(matrix).release(version)
+    release = matrix_file.load(matrix).release(version)
     assert release is not None
     return release.status.get(kind)
 
@@ -61,28 +69,51 @@ def test_record_takes_only_the_named_run_pass_and_fail_alike(tmp_path: Path, mat
     result(results, "0.33.0", "fail", "run-now")
     result(results, "0.10.2", "pass", "run-now", kind="e2e")
     before = {v: status(matrix, v) for v in ["0.20.2", "0.21.0"]}
-    assert matrix_tools.record_results(matrix, results, "run-now") == 2
+    hand_kept = matrix.read_text()
+    assert session_results.record_results(matrix, results, "run-now") == 2
+    assert matrix.read_text() == hand_kept  # only compat_results.yaml is written
     assert status(matrix, "0.33.0") == {"result": "fail", "date": "2026-12-02"}
     assert status(matrix, "0.10.2", "e2e") == {"result": "pass", "date": "2026-12-02"}
     assert {v: status(matrix, v) for v in ["0.20.2", "0.21.0"]} == before  # not this run: untouched
-    assert matrix_tools.load(matrix).ci_versions == matrix_tools.load(ROOT / "compat_matrix.yaml").ci_versions
-    assert matrix.read_text().startswith("# The single source of truth")
+    written = matrix.with_name("compat_results.yaml").read_text()
+    assert written.startswith(matrix_file.RESULTS_HEADER)
+    assert matrix_file.dump_results(yaml.safe_load(written)) == written  # stays canonical
+
+
+def test_record_starts_the_results_file_and_skips_unlisted_releases(tmp_path: Path, matrix: Path) -> None:
+    matrix.with_name("compat_results.yaml").unlink()
+    results = tmp_path / "results"
+    result(results, "0.33.0", "pass", "run-now")
+    result(results, "99.0.0", "pass", "run-now")  # not a row of the matrix
+    assert session_results.record_results(matrix, results, "run-now") == 1
+    assert yaml.safe_load(matrix.with_name("compat_results.yaml").read_text()) == {
+        "0.33.0": {"vllm": {"result": "pass", "date": "2026-12-02"}}
+    }
+
+
+@pytest.mark.parametrize("key", ["status", "fast_path"])
+def test_a_row_with_a_generated_field_fails_naming_what_to_do(matrix: Path, key: str) -> None:
+    """E.g. a merge that brings back the old layout's `status:` blocks."""
+    text = matrix.read_text().replace("cpu_wheel: true\n", f"cpu_wheel: true\n    {key}: {{}}\n", 1)
+    matrix.write_text(text)
+    with pytest.raises(ValueError, match=f"delete `{key}`"):
+        matrix_file.load(matrix)
 
 
 def test_record_of_a_named_earlier_run_or_all(tmp_path: Path, matrix: Path) -> None:
     results = tmp_path / "results"
     result(results, "0.20.2", "fail", "run-old")
     result(results, "0.21.0", "fail", None)
-    assert matrix_tools.record_results(matrix, results, "run-missing") == 0
-    assert [r["version"] for r in matrix_tools.select_results(results, "run-old")] == ["0.20.2"]
-    assert matrix_tools.record_results(matrix, results, None) == 2  # --all: every file
+    assert session_results.record_results(matrix, results, "run-missing") == 0
+    assert [r["version"] for r in session_results.select_results(results, "run-old")] == ["0.20.2"]
+    assert session_results.record_results(matrix, results, None) == 2  # --all: every file
     assert status(matrix, "0.20.2") == status(matrix, "0.21.0") == {"result": "fail", "date": "2026-12-02"}
 
 
 def test_a_new_result_replaces_the_file_of_an_earlier_run(tmp_path: Path) -> None:
     result(tmp_path, "0.33.0", "pass", "run-old")
     result(tmp_path, "0.33.0", "fail", "run-new")
-    assert matrix_tools.select_results(tmp_path, None) == [
+    assert session_results.select_results(tmp_path, None) == [
         {"kind": "vllm", "version": "0.33.0", "result": "fail", "date": "2026-12-02", "run": "run-new"}
     ]
 
@@ -90,31 +121,39 @@ def test_a_new_result_replaces_the_file_of_an_earlier_run(tmp_path: Path) -> Non
 # --- the pins table -----------------------------------------------------------------------------------------
 
 
-def test_the_repo_matrix_is_in_the_canonical_layout_with_its_pins_table() -> None:
+def test_the_repo_files_are_in_the_canonical_layout() -> None:
     text = (ROOT / "compat_matrix.yaml").read_text(encoding="utf-8")
-    assert matrix_tools.dump(yaml.safe_load(text), matrix_tools._header(text)) == text
-    assert '\npins:\n  "<0.12.0": ["transformers<5"]\n\noverrides:\n' in text
+    assert matrix_file.dump(yaml.safe_load(text), matrix_file.header(text)) == text
+    results = (ROOT / "compat_results.yaml").read_text(encoding="utf-8")
+    assert matrix_file.dump_results(yaml.safe_load(results)) == results
+
+
+def test_every_pin_and_override_says_why() -> None:
+    data = yaml.safe_load((ROOT / "compat_matrix.yaml").read_text(encoding="utf-8"))
+    for table in ("pins", "overrides"):
+        for spec, entry in (data.get(table) or {}).items():
+            assert set(entry) == {"requirements", "why"} and entry["why"].strip(), (table, spec)
 
 
 def test_dump_refuses_pins_on_a_row() -> None:
     data = yaml.safe_load((ROOT / "compat_matrix.yaml").read_text(encoding="utf-8"))
     data["releases"][0]["pins"] = ["transformers<5"]
     with pytest.raises(ValueError, match="top-level `pins` table"):
-        matrix_tools.dump(data, "# header\n")
+        matrix_file.dump(data, "# header\n")
 
 
 def test_cpu_torch_overrides_pin_the_matching_companions() -> None:
-    assert matrix_tools.cpu_torch_overrides("2.10.0") == [
+    assert vllm_cpu_env.cpu_torch_overrides("2.10.0") == [
         "torch==2.10.0",
         "torchvision==0.25.0",
         "torchaudio==2.10.0",
     ]
-    assert matrix_tools.cpu_torch_overrides("2.13.0") == ["torch==2.13.0", "torchvision==0.28.0"]
+    assert vllm_cpu_env.cpu_torch_overrides("2.13.0") == ["torch==2.13.0", "torchvision==0.28.0"]
 
 
 # --- adapter ranges in the docs ----------------------------------------------------------------------------
 
-NEWEST = matrix_tools.load(ROOT / "compat_matrix.yaml").newest_supported.version
+NEWEST = matrix_file.load(ROOT / "compat_matrix.yaml").newest_supported.version
 """The newest row: the last release of the newest adapter (so a new row needs no edit here)."""
 DOC_FILES = ["compat_matrix.yaml", "README.md", "CHANGELOG.md", "docs/architecture.md"]
 
@@ -136,8 +175,8 @@ def edit(path: Path, old: str, new: str) -> None:
 
 
 def test_the_docs_state_the_matrix_adapter_ranges() -> None:
-    assert matrix_tools.check_docs(ROOT) == []
-    assert matrix_tools.adapter_ranges(matrix_tools.load(ROOT / "compat_matrix.yaml")) == {
+    assert doc_ranges.check_docs(ROOT) == []
+    assert doc_ranges.adapter_ranges(matrix_file.load(ROOT / "compat_matrix.yaml")) == {
         "preprocess_chat_v0_10": ("0.10.2", "0.12.0"),
         "preprocess_chat_v0_13": ("0.13.0", "0.14.1"),
         "render_chat_request_v0_15": ("0.15.0", "0.15.1"),
@@ -150,8 +189,8 @@ def test_a_new_release_makes_every_stale_statement_fail(tree: Path) -> None:
     matrix = tree / "compat_matrix.yaml"
     data = yaml.safe_load(matrix.read_text(encoding="utf-8"))
     data["releases"].append({"version": "99.0.0", "adapter": "render_chat_request_v0_27", "python": "3.12"})
-    matrix.write_text(matrix_tools.dump(data, matrix_tools._header(matrix.read_text())), encoding="utf-8")
-    problems = matrix_tools.check_docs(tree)
+    matrix.write_text(matrix_file.dump(data, matrix_file.header(matrix.read_text())), encoding="utf-8")
+    problems = doc_ranges.check_docs(tree)
     assert all(f"{NEWEST}, the matrix says 0.27.0 - 99.0.0" in p for p in problems), problems
     assert [p.split(":")[0] for p in problems] == [
         "vllm_tokens_patch/adapters/render_chat_request_v0_27.py",
@@ -175,7 +214,7 @@ def test_loose_range_statements_fail(tree: Path) -> None:
         "| 0.15.0 - 0.15.1 | `render_chat_request_v0_15` |",
         "| 0.15.x | `render_chat_request_v0_15` |",
     )
-    problems = matrix_tools.check_docs(tree)
+    problems = doc_ranges.check_docs(tree)
     assert [p.split(": ", 1)[1] for p in problems] == [
         "`render_chat_request_v0_15`: the row states no range A - B",
         "`preprocess_chat_v0_13` 0.13-0.14: write full X.Y.Z versions",
@@ -187,7 +226,7 @@ def test_a_docstring_without_its_range_fails(tree: Path) -> None:
     adapters = tree / "vllm_tokens_patch" / "adapters"
     edit(adapters / "render_chat_request_v0_15.py", '"""vLLM 0.15.0 - 0.15.1:', '"""vLLM 0.15:')
     (adapters / "render_chat_request_v0_99.py").write_text('"""vLLM 0.99.0 - 0.99.1: x."""\n')
-    assert [p.split(": ", 1)[1] for p in matrix_tools.check_docs(tree)] == [
+    assert [p.split(": ", 1)[1] for p in doc_ranges.check_docs(tree)] == [
         "the docstring does not start with 'vLLM A - B'",
         "no release in the matrix uses this adapter",
     ]
@@ -200,11 +239,11 @@ def test_older_changelog_sections_and_the_generated_table_are_not_checked(tree: 
     )
     old = f"| {NEWEST} | `render_chat_request_v0_27` |"
     edit(tree / "README.md", old, f"| {NEWEST} - 99.0.0 | `render_chat_request_v0_27` |")
-    assert matrix_tools.check_docs(tree) == []
+    assert doc_ranges.check_docs(tree) == []
     changelog.write_text(
         "# Changelog\n\n## 0.1.1 (unreleased)\n\n- `render_chat_request_v0_27` (0.27.0-0.28.0).\n"
     )
-    assert matrix_tools.check_docs(tree) == [
+    assert doc_ranges.check_docs(tree) == [
         "CHANGELOG.md (current section):5: `render_chat_request_v0_27` 0.27.0-0.28.0, "
         f"the matrix says 0.27.0 - {NEWEST}"
     ]
@@ -222,7 +261,7 @@ def report(lines_by_adapter: dict[str, dict[str, list[str]]]) -> dict[str, objec
 def code_line(name: str) -> str:
     """A line of adapter `name`'s own code: in a method body, else (a declarative adapter) `ADAPTER = ...`."""
     text = (ROOT / "vllm_tokens_patch" / "adapters" / f"{name}.py").read_text(encoding="utf-8")
-    body = matrix_tools._function_body_lines(text)
+    body = adapter_coverage._function_body_lines(text)
     lines = text.splitlines()
     return str(
         min(body) if body else next(n for n, line in enumerate(lines, 1) if line.startswith("ADAPTER ="))
@@ -230,16 +269,16 @@ def code_line(name: str) -> str:
 
 
 def test_an_adapter_counts_as_executed_only_if_its_code_ran_on_a_release_of_its_own() -> None:
-    matrix = matrix_tools.load(ROOT / "compat_matrix.yaml")
+    matrix = matrix_file.load(ROOT / "compat_matrix.yaml")
     own = {"preprocess_chat_v0_10": "vllm-0.10.2", "preprocess_chat_v0_13": "vllm-0.14.1"}
     own |= {"render_chat_request_v0_15": "vllm-0.15.1", "render_chat_request_v0_16": "vllm-0.25.1"}
     own |= {"render_chat_request_v0_27": f"vllm-{NEWEST}"}
     ran = {name: {code_line(name): [context], "1": ["unit"]} for name, context in own.items()}
-    assert matrix_tools.unexecuted_adapters(report(ran), ROOT, matrix) == []
+    assert adapter_coverage.unexecuted_adapters(report(ran), ROOT, matrix) == []
     ran["preprocess_chat_v0_13"] = {"1": ["vllm-0.14.1"], code_line("preprocess_chat_v0_13"): ["unit"]}
     ran["render_chat_request_v0_15"] = {code_line("render_chat_request_v0_15"): ["vllm-0.25.1"]}
     del ran["render_chat_request_v0_16"]
-    assert matrix_tools.unexecuted_adapters(report(ran), ROOT, matrix) == [
+    assert adapter_coverage.unexecuted_adapters(report(ran), ROOT, matrix) == [
         "vllm_tokens_patch/adapters/preprocess_chat_v0_13.py",  # imported on its release, ran in unit only
         "vllm_tokens_patch/adapters/render_chat_request_v0_15.py",  # ran as v0_16's base only
         "vllm_tokens_patch/adapters/render_chat_request_v0_16.py",  # not measured at all

@@ -10,6 +10,7 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -298,17 +299,18 @@ def test_engine_process_import_is_cheap(fake_vllm: Path) -> None:
     code = textwrap.dedent(
         f"""
         import sys
-        sys.path.insert(0, {str(fake_vllm)!r})
         from vllm_tokens_patch.plugin import register
         register()
         register()
+        assert sys.modules["vllm"].__file__.startswith({str(fake_vllm)!r})  # the stand-in was loaded
         heavy = ["fastapi", "pydantic", "starlette", "vllm_tokens_patch.route"]
         heavy += ["{CHAT}.api_router", "{CHAT}.serving"]
         heavy = [m for m in heavy if m in sys.modules]
         assert not heavy, heavy
         """
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    env = {**os.environ, "PYTHONPATH": str(fake_vllm)}  # the stand-in `vllm` package
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
 def test_doctor_on_a_sound_layout_and_on_a_renamed_render_method(

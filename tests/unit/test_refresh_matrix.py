@@ -10,7 +10,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
-import matrix_tools  # noqa: E402
+import matrix_file  # noqa: E402
 import refresh_matrix  # noqa: E402
 
 from vllm_tokens_patch import compat  # noqa: E402
@@ -24,41 +24,29 @@ ci:
   e2e: "0.32.0"
 
 pins:
-  "<0.13": ["transformers<5"]
+  "<0.13": {"requirements": ["transformers<5"], "why": "a reason"}
 
 releases:
   - version: "0.12.0"
     adapter: "preprocess_chat_v0_10"
-    fast_path: false
     python: "3.11"
     cpu_torch: "2.9.1"
     cpu_wheel: true
-    status:
-      vllm: {"result": "pass", "date": "2026-11-21"}
   - version: "0.26.0"
     adapter: "render_chat_request_v0_16"
-    fast_path: false
     python: "3.12"
     cpu_torch: "2.11.0"
     cpu_wheel: true
-    status:
-      vllm: {"result": "pass", "date": "2026-11-21"}
   - version: "0.32.0"
     adapter: "render_chat_request_v0_27"
-    fast_path: true
     python: "3.12"
     cpu_torch: "2.13.0"
     cpu_wheel: true
-    status:
-      vllm: {"result": "pass", "date": "2026-11-21"}
   - version: "0.33.0"
     adapter: "render_chat_request_v0_27"
-    fast_path: true
     python: "3.12"
     cpu_torch: null
     cpu_wheel: false
-    status:
-      vllm: {"result": "pass", "date": "2026-11-21"}
 """
 
 
@@ -67,7 +55,7 @@ def data() -> dict:
 
 
 def test_the_synthetic_matrix_is_canonical() -> None:
-    assert matrix_tools.dump(data(), matrix_tools._header(MATRIX)) == MATRIX
+    assert matrix_file.dump(data(), matrix_file.header(MATRIX)) == MATRIX
 
 
 def test_newer_releases_are_final_and_oldest_first() -> None:
@@ -84,19 +72,18 @@ def test_adapters_are_tried_newest_first() -> None:
     ]
 
 
-def test_a_row_takes_the_newest_python_and_the_adapters_fast_path() -> None:
+def test_a_row_takes_the_newest_python() -> None:
     row = refresh_matrix.build_row(data(), "0.34.0", "render_chat_request_v0_27", (True, "2.14.0"))
     assert row == {
         "version": "0.34.0",
         "adapter": "render_chat_request_v0_27",
-        "fast_path": True,
         "python": "3.12",
         "cpu_torch": "2.14.0",
         "cpu_wheel": True,
     }
     row = refresh_matrix.build_row(data(), "0.34.0", "render_chat_request_v0_16", (False, None))
-    assert row["fast_path"] is False and row["cpu_wheel"] is False and row["cpu_torch"] is None
-    assert "status" not in row
+    assert row["cpu_wheel"] is False and row["cpu_torch"] is None
+    assert "status" not in row and "fast_path" not in row
 
 
 def test_refresh_appends_rows_in_the_canonical_layout() -> None:
@@ -110,24 +97,22 @@ def test_refresh_appends_rows_in_the_canonical_layout() -> None:
     assert text.endswith(
         '  - version: "0.34.0"\n'
         '    adapter: "render_chat_request_v0_27"\n'
-        "    fast_path: true\n"
         '    python: "3.12"\n'
         '    cpu_torch: "2.14.0"\n'
         "    cpu_wheel: true\n"
-        "    status:\n"
         '  - version: "0.35.0"\n'
         '    adapter: "render_chat_request_v0_27"\n'
-        "    fast_path: true\n"
         '    python: "3.12"\n'
         "    cpu_torch: null\n"
         "    cpu_wheel: false\n"
-        "    status:\n"
     )
-    assert matrix_tools.dump(yaml.safe_load(text), matrix_tools._header(text)) == text  # stays canonical
+    assert matrix_file.dump(yaml.safe_load(text), matrix_file.header(text)) == text  # stays canonical
     matrix = compat.parse_matrix(text)
     new = matrix.release("0.35.0")
     assert new is not None and new.status == {} and new.adapter == "render_chat_request_v0_27"
-    assert '\npins:\n  "<0.13": ["transformers<5"]\n\nreleases:\n' in text  # the range table is kept
+    assert (
+        '\npins:\n  "<0.13": {"requirements": ["transformers<5"], "why": "a reason"}\n\nreleases:\n' in text
+    )  # the range table is kept
     assert (new.pins, matrix.release("0.12.0").pins) == ((), ("transformers<5",))  # type: ignore[union-attr]
     assert matrix.newest_supported.version == "0.35.0"
     # The new newest release replaces the old newest in the CI set (0.32.0 still represents the adapter).

@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from vllm_tokens_patch_testbed.harness import VllmApp, build_vllm_app
+from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "support"), str(HERE.parents[1] / "testbed")]
-
-from harness import VllmApp, app_functions, build_vllm_app, code_objects, wrappers  # noqa: E402
-from tiny_model import build_tiny_model  # noqa: E402
-
-API_KEY = "test-key"
-MAX_MODEL_LEN = 256
-
-app_functions()  # imports the modules vLLM builds its app from, before vLLM loads the plugin (in `build`)
-PRISTINE = code_objects()
-"""Every vLLM, FastAPI and Starlette function and class loaded so far, as they were before any plugin ran:
-what `unpatch` must give back (taken here, not from the plugin's own records)."""
-PRISTINE_WRAPPERS = wrappers()
-"""Wrappers already present then (none: else `PRISTINE` was taken too late)."""
+# Takes PRISTINE on import: before any app is built (vLLM loads the plugin then).
+from vllm_tokens_patch_testbed.vllm_suite import API_KEY, MAX_MODEL_LEN, MODES, LoggerRecords
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -40,11 +28,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `unpatches` last (a stable sort: every other order stays), so that no test that uses
     the session's `served` app runs after one of them, whichever module it is in."""
     items.sort(key=lambda item: item.get_closest_marker("unpatches") is not None)
-
-
-MODES = {"default": {}, "fast": {"vllm_tokens_patch_verify": False}}
-"""Every parity test runs in both modes: compared with the render (default) and the fast path (no
-comparison; vLLM skips the render where this release has a native branch, see `test_fast_path_*`)."""
 
 
 @pytest.fixture(params=sorted(MODES))
@@ -101,34 +84,6 @@ def served(build: Any) -> VllmApp:
 def reasoning(build: Any) -> VllmApp:
     """`vllm serve MODEL --reasoning-parser deepseek_r1`."""
     return build("--reasoning-parser", "deepseek_r1")
-
-
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def messages(self, level: int) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno == level]
-
-
-class LoggerRecords(logging.Filter):
-    """Records what a logger handles. A filter, not a handler: vLLM re-applies its logging config each time
-    it builds an engine config, and that clears the handlers (not the filters) of every `vllm.*` logger."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        self.records.append(record)
-        return True
-
-    def messages(self, level: int) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno == level]
 
 
 @pytest.fixture

@@ -17,59 +17,43 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import harness
 import pytest
 import vllm
-from conftest import API_KEY, MAX_MODEL_LEN, MODES, PRISTINE, PRISTINE_WRAPPERS, LoggerRecords, Records
-from doctor_cli import doctor_report
-from harness import Script, VllmApp, normalize, parse_sse
-from vllm_errors import assert_vllm_error, error_info
+from vllm_tokens_patch_testbed import harness
+from vllm_tokens_patch_testbed.doctor_cli import doctor_report
+from vllm_tokens_patch_testbed.harness import Script, VllmApp, normalize, parse_sse
+from vllm_tokens_patch_testbed.vllm_errors import assert_vllm_error, error_info
+from vllm_tokens_patch_testbed.vllm_suite import (
+    ADAPTER,
+    ANSWER,
+    API_KEY,
+    FIRST_TURN,
+    MAX_MODEL_LEN,
+    MESSAGES,
+    MODES,
+    PRISTINE,
+    PRISTINE_WRAPPERS,
+    ROUTE,
+    STOCK,
+    TOO_LONG_MESSAGES,
+    TOOLS,
+    LoggerRecords,
+    Records,
+    body,
+    drifted,
+    post,
+    rendered,
+)
 
 import vllm_tokens_patch
-from vllm_tokens_patch import adapters, compat, plugin
+from vllm_tokens_patch import compat, plugin
 from vllm_tokens_patch.adapters import Location
-from vllm_tokens_patch.settings import Settings
-
-ROUTE = Settings.route_path
-STOCK = "/v1/chat/completions"
-MESSAGES = [{"role": "user", "content": "Hello world, how are you today?"}]
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-            },
-        },
-    }
-]
-
-
-def body(app: VllmApp, messages: list[dict[str, Any]] = MESSAGES, **fields: Any) -> dict[str, Any]:
-    return {"model": app.args.model, "messages": messages, "temperature": 0, **fields}
-
-
-def post(run: Any, app: VllmApp, path: str, payload: dict[str, Any], **kwargs: Any) -> Any:
-    return run(app.client.post(path, json=payload, **kwargs))
-
-
-ADAPTER = adapters.load(str(compat.choose(vllm.__version__).adapter))
-"""The adapter this release runs (the suite checks it against the matrix)."""
 
 
 def matrix_row() -> compat.Release:
     release = compat.load_matrix().release(vllm.__version__)
     assert release is not None, vllm.__version__
     return release
-
-
-def drifted(ids: list[int]) -> list[int]:
-    """Same length, different last id: what an RL client sends when the re-rendered history drifted."""
-    return [*ids[:-1], ids[-1] - 1 if ids[-1] > 0 else 1]
 
 
 def without_volatile(prompt: dict[str, Any]) -> dict[str, Any]:
@@ -263,8 +247,6 @@ error (the type its handler gives); a refusal is an error vLLM's serving code ma
 route's own refusals carry)."""
 CONTEXT_LENGTH = "maximum context length"
 """What the README promises a too-long prompt's message says."""
-TOO_LONG_MESSAGES = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 40}]
-"""Renders past `MAX_MODEL_LEN`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -448,22 +430,17 @@ def test_fast_path_feeds_tokens_says_skipped_and_logs_nothing(
     assert plugin_logs.messages(logging.WARNING) == []
 
 
-def test_fast_path_is_where_the_matrix_says() -> None:
-    adapter = plugin._state.adapter
-    assert adapter is not None
-    assert adapter.fast_path is matrix_row().fast_path
-
-
-def test_fast_path_skips_the_render_where_the_matrix_says(run: Any, served: VllmApp) -> None:
+def test_fast_path_skips_the_render_where_the_adapter_has_it(run: Any, served: VllmApp) -> None:
     """`messages` that render past `max_model_len` with short `tokens`: vLLM refuses them when it renders
-    (default mode, and releases without a fast path); the fast path never renders them."""
+    (default mode, and releases whose adapter has no fast path); the fast path never renders them. So the
+    adapter's `fast_path` (the README table's column, derived from it) is proven on each release."""
     too_long = TOO_LONG_MESSAGES
     assert len(served.chat_ids(too_long)) > MAX_MODEL_LEN
     tokens = served.chat_ids(MESSAGES)
     rendered = post(run, served, ROUTE, body(served, too_long, tokens=tokens))
     assert rendered.status_code == 400, rendered.text
     fast = post(run, served, ROUTE, body(served, too_long, tokens=tokens, **MODES["fast"]))
-    if matrix_row().fast_path:
+    if ADAPTER.fast_path:
         assert fast.status_code == 200, fast.text
         assert served.engine.prompts[-1]["prompt_token_ids"] == tokens
         assert fast.headers["x-vllm-tokens-verification"] == "skipped"
@@ -519,8 +496,6 @@ def test_response_role_follows_the_request(run: Any, served: VllmApp, mode: dict
 # --- turn splicing (`prefix_tokens`) ------------------------------------------------------------------
 
 SPLICE_HEADER = "x-vllm-tokens-splice"
-FIRST_TURN = [{"role": "user", "content": "Hello world, how are you today?"}]
-ANSWER = {"role": "assistant", "content": "Fine, thanks."}
 CALL = {
     "id": "call_1",
     "type": "function",
@@ -547,16 +522,6 @@ SPLICE_CASES = {
         ],
     ),
 }
-
-
-def rendered(run: Any, app: VllmApp, messages: list[dict[str, Any]], generation_prompt: bool) -> list[int]:
-    """What this vLLM's own chat route feeds the engine for `messages` (with the tools the splice requests
-    carry): how a release passes tool calls to the template differs, even between its own routes (0.15-0.18
-    render them differently for `/tokenize`), so the splice is held to the stock chat route's render."""
-    payload = body(app, messages, tools=TOOLS, max_tokens=1, add_generation_prompt=generation_prompt)
-    response = post(run, app, STOCK, payload)
-    assert response.status_code == 200, response.text
-    return list(app.engine.prompts[-1]["prompt_token_ids"])
 
 
 def special_id(app: VllmApp, token: str) -> int:
@@ -697,7 +662,7 @@ def test_doctor_reports_this_release_in_a_fresh_process() -> None:
         row.adapter,
         True,
     )
-    assert report["fast_path"] is row.fast_path and report["ok"] is True
+    assert report["fast_path"] is ADAPTER.fast_path and report["ok"] is True
     assert report["matrix_status"] == row.status
     checks = {check["name"]: check for check in report["checks"]}
     assert {f"target {role}" for role in ADAPTER.targets()} <= set(checks)
@@ -768,7 +733,7 @@ def test_unpatch_restores_every_original_and_register_reapplies(
 ) -> None:
     """Where the patches sit is found by scanning vLLM's, FastAPI's and Starlette's modules for wrapt
     wrappers; what they must give back, by the wrappers themselves and a snapshot taken before vLLM loaded
-    the plugin (`conftest.PRISTINE`), never by the plugin's records."""
+    the plugin (`vllm_suite.PRISTINE`), never by the plugin's records."""
     assert PRISTINE_WRAPPERS == {}, "the snapshot was taken after something patched vLLM"
     patched = harness.wrappers()
     assert any(where.startswith("vllm.") for where, _ in patched), patched

@@ -14,11 +14,11 @@ from typing import Any
 from unittest import mock
 
 import pytest
-from harness import VllmApp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_behaviour import MESSAGES, ROUTE, STOCK, TOO_LONG_MESSAGES, body
-from vllm_errors import assert_vllm_error, error_info
+from vllm_tokens_patch_testbed.harness import VllmApp
+from vllm_tokens_patch_testbed.vllm_errors import assert_vllm_error, error_info
+from vllm_tokens_patch_testbed.vllm_suite import MESSAGES, ROUTE, STOCK, TOO_LONG_MESSAGES, body
 
 JSON = {"content-type": "application/json"}
 

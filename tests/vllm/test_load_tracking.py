@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from harness import Script, VllmApp
+from vllm_tokens_patch_testbed.harness import Script, VllmApp
 
 from vllm_tokens_patch.settings import Settings
 

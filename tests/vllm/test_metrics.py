@@ -15,14 +15,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MAX_MODEL_LEN, LoggerRecords
-from harness import VllmApp
 from prometheus_client.parser import text_string_to_metric_families
-from test_behaviour import ANSWER, FIRST_TURN, MESSAGES, ROUTE, body, drifted, post, rendered
+from vllm_tokens_patch_testbed.harness import VllmApp
+from vllm_tokens_patch_testbed.vllm_suite import (
+    ANSWER,
+    FIRST_TURN,
+    MAX_MODEL_LEN,
+    MESSAGES,
+    ROUTE,
+    LoggerRecords,
+    body,
+    drifted,
+    post,
+    rendered,
+)
 
 from vllm_tokens_patch import metrics, settings
 
-HERE = Path(__file__).resolve().parent
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -221,8 +230,7 @@ def test_another_app_in_the_process_shares_the_metrics(run: Any, build: Any, ser
 SERVER = """
 import asyncio, json, sys
 from pathlib import Path
-sys.path[:0] = sys.argv[3:]
-from harness import build_vllm_app
+from vllm_tokens_patch_testbed.harness import build_vllm_app
 from vllm_tokens_patch.settings import Settings
 
 async def main(model, read):
@@ -248,11 +256,10 @@ def test_api_servers_sharing_a_multiprocess_dir_add_up(model_dir: Path, tmp_path
     shared = tmp_path / "prometheus"
     shared.mkdir()
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(shared)}
-    paths = [str(HERE), str(HERE.parent / "support"), str(HERE.parents[1] / "testbed")]
     results = []
     for read in ("no", "read"):
         done = subprocess.run(
-            [sys.executable, "-c", SERVER, str(model_dir), read, *paths],
+            [sys.executable, "-c", SERVER, str(model_dir), read],
             capture_output=True,
             text=True,
             env=env,

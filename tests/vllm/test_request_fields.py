@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from harness import VllmApp, normalize, parse_sse
-from test_behaviour import ADAPTER, MESSAGES, ROUTE, STOCK, body, drifted, post
+from vllm_tokens_patch_testbed.harness import VllmApp, normalize, parse_sse
+from vllm_tokens_patch_testbed.vllm_suite import ADAPTER, MESSAGES, ROUTE, STOCK, body, drifted, post
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 
@@ -15,6 +16,7 @@ def doctor_report(timeout: float = 300) -> dict[str, Any]:
         capture_output=True,
         text=True,
         timeout=timeout,
+        cwd=tempfile.gettempdir(),  # not the checkout: `-m` would import the package from the current dir
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report: dict[str, Any] = json.loads(done.stdout[done.stdout.index("{") :])
