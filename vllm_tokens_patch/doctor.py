@@ -160,7 +160,7 @@ def as_text(result: Report) -> str:
         f"vLLM {result.vllm_version or '-'} "
         f"({', '.join(f'{k} {v}' for k, v in result.distributions.items()) or 'no vllm distribution found'})",
         f"adapter {result.adapter or '-'} ({'tested' if result.tested else 'untested'}; matrix: "
-        f"{json.dumps(result.matrix_status) if result.matrix_status else 'no row'}); "
+        f"{json.dumps(result.matrix_status) if result.matrix_status else 'no recorded result'}); "
         f"fast path: {'yes' if result.fast_path else 'no'}",
     ]
     marks = {True: "ok  ", False: "FAIL", None: "--  "}
