@@ -89,7 +89,7 @@ def _targets(report: Report, adapter: Adapter) -> None:
             report.add(f"target {role}", True, str(location))
 
 
-def _mounts(report: Report, adapter: Adapter, route_path: str) -> None:
+def _mounts(report: Report, adapter: Adapter, route_path: str, stock_route: bool) -> None:
     """Mount the route the way vLLM does: call the route hook with a bare app. Only where the hook takes
     an app (`attach_router(app)`, from 0.15.0); `build_app(args)` before that needs vLLM's CLI args."""
     if not adapter.route_hook_takes_app:
@@ -100,6 +100,7 @@ def _mounts(report: Report, adapter: Adapter, route_path: str) -> None:
     from fastapi import FastAPI
 
     from vllm_tokens_patch import mounting, plugin
+    from vllm_tokens_patch import stock_route as dispatch
 
     registered_here = not plugin.status()["registered"]
     plugin.register()
@@ -107,6 +108,7 @@ def _mounts(report: Report, adapter: Adapter, route_path: str) -> None:
         app = FastAPI()
         adapter.route_hook.resolve()(app)
         mounted = mounting.serves(app.routes, route_path)
+        stocked = any(isinstance(route, dispatch.StockDispatch) for route in app.router.routes)
         failure = plugin.status()["failure"]
     except Exception as exc:  # the check itself must report, not crash
         report.add("route mounts", False, f"{type(exc).__name__}: {exc}")
@@ -117,6 +119,9 @@ def _mounts(report: Report, adapter: Adapter, route_path: str) -> None:
     report.add(
         "route mounts", mounted and failure is None, failure or f"POST {route_path} on {adapter.route_hook}"
     )
+    if stock_route:
+        where = f"POST {adapter.stock_chat_path} takes the token fields ({settings.STOCK_ROUTE}=1)"
+        report.add("stock route", stocked and failure is None, failure or where)
 
 
 def report() -> Report:
@@ -146,7 +151,7 @@ def report() -> Report:
     result.fast_path = adapter.fast_path
     _targets(result, adapter)
     if all(check.ok for check in result.checks if check.name.startswith("target ")):
-        _mounts(result, adapter, current.route_path)
+        _mounts(result, adapter, current.route_path, current.stock_route)
     return result
 
 

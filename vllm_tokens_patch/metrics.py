@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from vllm_tokens_patch.outcome import Outcome
 
 PREFIX = "vllm_tokens_patch_"
+ROUTES = ("tokens", "stock")
+"""`outcome.Route`: the token route, or vLLM's own chat route taking the token fields (opt-in)."""
 MODES = ("tokens", "prefix_tokens", "unknown")
 """`outcome.Mode`: `unknown`: the body did not parse (or the route is unavailable)."""
 OUTCOMES = ("ok", "refused", "error")
@@ -106,10 +108,10 @@ def _create() -> Metrics:
     return Metrics(
         requests=counter(
             "requests",
-            "Requests to the token route, by mode (tokens, prefix_tokens, unknown) and outcome "
-            "(ok, refused: 4xx, error: 5xx).",
-            ("mode", "outcome"),
-            *((mode, outcome) for mode in MODES for outcome in OUTCOMES),
+            "Token requests by route (tokens: the token route, stock: vLLM's chat route with the token "
+            "fields), mode (tokens, prefix_tokens, unknown) and outcome (ok, refused: 4xx, error: 5xx).",
+            ("route", "mode", "outcome"),
+            *((route, mode, outcome) for route in ROUTES for mode in MODES for outcome in OUTCOMES),
         ),
         verifications=counter(
             "verifications",
@@ -145,7 +147,7 @@ def record(seen: Outcome) -> None:
     if metrics is None:
         return
     status = seen.status if seen.status is not None else 500
-    metrics.requests.labels(seen.mode, outcome(status)).inc()
+    metrics.requests.labels(seen.route, seen.mode, outcome(status)).inc()
     if seen.refusal is not None:
         metrics.refusals.labels(REASON_OF_PARAM.get(seen.refusal, seen.refusal)).inc()
     verification = seen.verification

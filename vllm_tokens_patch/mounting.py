@@ -88,6 +88,9 @@ def ensure_route(state: State, app: Any) -> None:
         state.fail(reason, current)
         unavailable = route.build_unavailable_endpoint(reason, adapter)
         state.mounted.append((weakref.ref(app), route.add_route(app, current.route_path, unavailable, None)))
+        if current.stock_route:
+            stock = route.build_unavailable_endpoint(reason, adapter, "stock")
+            mount_stock_dispatch(state, adapter, app, stock, None, ())
 
 
 def mount(state: State, adapter: Adapter, app: Any) -> None:
@@ -104,10 +107,17 @@ def mount(state: State, adapter: Adapter, app: Any) -> None:
             model = state.request_model_for(found.request_base)
             endpoint = route.build_tokens_endpoint(found.chat_route, model, adapter)
             added = route.add_route(app, current.route_path, endpoint, found.json_validator)
+            if current.stock_route:
+                stock = route.build_tokens_endpoint(found.chat_route, model, adapter, "stock")
+                native = tuple(getattr(found.request_base, "model_fields", ()))
+                mount_stock_dispatch(state, adapter, app, stock, found.json_validator, native)
+            also = ""
+            if current.stock_route:
+                also = f"; also on POST {adapter.stock_chat_path} ({settings.STOCK_ROUTE}=1)"
             state.log_once(
                 logging.INFO,
                 f"vllm-tokens-patch: POST {current.route_path} enabled "
-                f"(vLLM {state.vllm_version}, adapter {adapter.name})",
+                f"(vLLM {state.vllm_version}, adapter {adapter.name}){also}",
             )
         except Exception as exc:  # a moved vLLM internal, or a bug of ours: vLLM must still start
             what = str(exc) if isinstance(exc, AdapterMismatch) else f"{type(exc).__name__}: {exc}"
@@ -116,7 +126,36 @@ def mount(state: State, adapter: Adapter, app: Any) -> None:
             state.fail(reason, current)
             unavailable = route.build_unavailable_endpoint(reason, adapter)
             added = route.add_route(app, current.route_path, unavailable, None)
+            if current.stock_route:
+                _forget_stock_dispatch(state, app)
+                stock = route.build_unavailable_endpoint(reason, adapter, "stock")
+                mount_stock_dispatch(state, adapter, app, stock, None, ())
         state.mounted.append((weakref.ref(app), added))
+
+
+def mount_stock_dispatch(
+    state: State, adapter: Adapter, app: Any, endpoint: Any, json_validator: Any, native: tuple[str, ...]
+) -> None:
+    """Put the stock-route dispatch in front of vLLM's chat route of `app` (`VLLM_TOKENS_PATCH_STOCK_ROUTE`):
+    bodies with a token field go to `endpoint`, every other body on to vLLM's route."""
+    from vllm_tokens_patch import route, stock_route
+
+    tokens = route.unmounted_route(adapter.stock_chat_path, endpoint, json_validator)
+    fields = stock_route.token_fields(native)
+    dispatch = stock_route.StockDispatch(
+        adapter.stock_chat_path, tokens.handle, app.router, fields, route.decode_json
+    )
+    app.router.routes.insert(0, dispatch)
+    state.mounted.append((weakref.ref(app), dispatch))
+
+
+def _forget_stock_dispatch(state: State, app: Any) -> None:
+    """Take back a dispatch mounted before a later step of the same mount failed."""
+    from vllm_tokens_patch import route
+
+    for entry in [entry for entry in state.mounted if entry[0]() is app]:
+        route.remove_route(app, entry[1])
+        state.mounted.remove(entry)
 
 
 def patch_render(state: State, adapter: Adapter, current: settings.Settings) -> None:

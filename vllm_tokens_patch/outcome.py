@@ -16,6 +16,8 @@ from typing import Literal
 
 from vllm_tokens_patch.splice import Splice
 
+Route = Literal["tokens", "stock"]
+"""Which path answered: the token route, or vLLM's own chat route (`VLLM_TOKENS_PATCH_STOCK_ROUTE`)."""
 Mode = Literal["tokens", "prefix_tokens", "unknown"]
 """`unknown`: the body did not parse (or the route is unavailable), so its mode is not known."""
 Result = Literal["match", "mismatch", "skipped"]
@@ -44,6 +46,7 @@ class Outcome:
     """One request's record. `refusal` is the reason label of a refusal by the plugin (or the field the
     route refused); `status` is the HTTP status of the answer (set by the route when it answered)."""
 
+    route: Route = "tokens"
     mode: Mode = "unknown"
     verification: Verification | None = None
     splice: Splice | None = None
@@ -55,9 +58,9 @@ _current: ContextVar[Outcome | None] = ContextVar("vllm_tokens_patch_outcome", d
 
 
 @contextmanager
-def recording() -> Iterator[Outcome]:
+def recording(route: Route = "tokens") -> Iterator[Outcome]:
     """A fresh outcome, current until the block ends."""
-    outcome = Outcome()
+    outcome = Outcome(route)
     token = _current.set(outcome)
     try:
         yield outcome

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
@@ -25,7 +26,7 @@ from starlette.routing import BaseRoute
 from vllm_tokens_patch import metrics, outcome
 from vllm_tokens_patch.adapters.base import Adapter
 from vllm_tokens_patch.headers import FIRST_MISMATCH_HEADER, SPLICE_HEADER, VERIFICATION_HEADER
-from vllm_tokens_patch.outcome import Outcome
+from vllm_tokens_patch.outcome import Outcome, Route
 from vllm_tokens_patch.request import refusal_reason
 
 Endpoint = Callable[..., Awaitable[Any]]
@@ -72,7 +73,7 @@ def _json_decoder() -> Callable[[bytes], Any]:
     return decode
 
 
-_decode_json = _json_decoder()
+decode_json = _json_decoder()
 
 
 MAX_ECHOED_DEPTH = 32
@@ -135,7 +136,7 @@ async def parse_request(request_model: type[Any], raw_request: Request) -> Any:
         gone = {"type": "value_error", "loc": ("body",), "msg": "the client disconnected", "input": None}
         raise RequestValidationError([gone], body=None) from None
     try:
-        data = _decode_json(body)
+        data = decode_json(body)
     except Exception as exc:  # any decoder failure is a malformed body
         raise _body_error(exc) from None
     if not isinstance(data, dict):
@@ -190,7 +191,7 @@ async def refuse_failed_stream(response: StreamingResponse, adapter: Adapter) ->
     return response
 
 
-def observed(endpoint: Endpoint) -> Endpoint:
+def observed(endpoint: Endpoint, route: Route) -> Endpoint:
     """`endpoint` with the request's `Outcome` open while it runs (the swap writes into it), and counted
     from it once answered. Creates the metrics (at route build time, so `/metrics` lists every series from
     start-up)."""
@@ -198,7 +199,7 @@ def observed(endpoint: Endpoint) -> Endpoint:
 
     @functools.wraps(endpoint)
     async def answered(raw_request: Request) -> Any:
-        with outcome.recording() as seen:
+        with outcome.recording(route) as seen:
             try:
                 response = await endpoint(raw_request)
             except Exception as exc:  # vLLM's handlers answer it (a body that does not parse: 400)
@@ -218,9 +219,12 @@ def observed(endpoint: Endpoint) -> Endpoint:
     return answered
 
 
-def build_tokens_endpoint(chat_route: Endpoint, request_model: type[Any], adapter: Adapter) -> Endpoint:
-    """The route function. It parses the body itself (`parse_request`) rather than through a typed FastAPI
-    parameter: the id lists are most of the body, and decoding them is most of what the route costs."""
+def build_tokens_endpoint(
+    chat_route: Endpoint, request_model: type[Any], adapter: Adapter, route: Route = "tokens"
+) -> Endpoint:
+    """The route function (`route`: the path it answers on, for the metrics). It parses the body itself
+    (`parse_request`) rather than through a typed FastAPI parameter: the id lists are most of the body, and
+    decoding them is most of what the route costs."""
 
     async def create_tokens_chat_completion(raw_request: Request) -> Any:
         seen = outcome.current()
@@ -239,10 +243,10 @@ def build_tokens_endpoint(chat_route: Endpoint, request_model: type[Any], adapte
         set_headers(response, seen)
         return response
 
-    return observed(create_tokens_chat_completion)
+    return observed(create_tokens_chat_completion, route)
 
 
-def build_unavailable_endpoint(reason: str, adapter: Adapter) -> Endpoint:
+def build_unavailable_endpoint(reason: str, adapter: Adapter, route: Route = "tokens") -> Endpoint:
     """The route when the patch could not apply: a clear 501 instead of a silent 404."""
 
     async def tokens_route_unavailable(raw_request: Request) -> JSONResponse:
@@ -250,25 +254,44 @@ def build_unavailable_endpoint(reason: str, adapter: Adapter) -> Endpoint:
             adapter, raw_request, reason, None, HTTPStatus.NOT_IMPLEMENTED, "NotImplementedError"
         )
 
-    return observed(tokens_route_unavailable)
+    return observed(tokens_route_unavailable, route)
+
+
+SUMMARY = "Chat completion with the exact prompt token ids (vllm-tokens-patch)"
 
 
 def add_route(
     app: FastAPI, path: str, endpoint: Endpoint, json_validator: Callable[..., Any] | None
 ) -> BaseRoute:
     """Add `POST path` to vLLM's app and return the route object (kept for `unpatch`)."""
-    dependencies = [Depends(json_validator)] if json_validator is not None else None
     app.add_api_route(
         path,
         endpoint,
         methods=["POST"],
-        dependencies=dependencies,
+        dependencies=_dependencies(json_validator),
         response_model=None,
         name=endpoint.__name__,
-        summary="Chat completion with the exact prompt token ids (vllm-tokens-patch)",
+        summary=SUMMARY,
     )
     route: BaseRoute = app.router.routes[-1]
     return route
+
+
+def unmounted_route(path: str, endpoint: Endpoint, json_validator: Callable[..., Any] | None) -> APIRoute:
+    """A route object for `endpoint` that no app lists (the stock-route dispatch calls its ASGI app)."""
+    return APIRoute(
+        path,
+        endpoint,
+        methods=["POST"],
+        dependencies=_dependencies(json_validator),
+        response_model=None,
+        name=endpoint.__name__,
+        summary=SUMMARY,
+    )
+
+
+def _dependencies(json_validator: Callable[..., Any] | None) -> list[Any] | None:
+    return [Depends(json_validator)] if json_validator is not None else None
 
 
 def remove_route(app: FastAPI, route: BaseRoute) -> None:

@@ -14,6 +14,8 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 VERIFY_POLICIES = ("warn", "off")
+STOCK_ROUTE = "VLLM_TOKENS_PATCH_STOCK_ROUTE"
+"""The opt-in that puts the token fields on vLLM's own chat route."""
 
 
 class SettingsError(ValueError):
@@ -43,6 +45,9 @@ class Settings:
     """`VLLM_TOKENS_PATCH_VERIFY`: `warn` compares `tokens` with the rendered ids, `off` skips it."""
     mismatch_log: int | None = 10
     """`VLLM_TOKENS_PATCH_MISMATCH_LOG`: mismatches logged at WARNING per API server (`all`: None)."""
+    stock_route: bool = False
+    """`VLLM_TOKENS_PATCH_STOCK_ROUTE=1`: vLLM's own chat route also takes the token fields (for routers and
+    clients that only speak the stock path); off, it is exactly stock."""
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | os._Environ[str] | None = None) -> Settings:
@@ -59,6 +64,7 @@ class Settings:
             route_path=route_path,
             verify=verify,
             mismatch_log=_mismatch_log(env),
+            stock_route=_flag(env, STOCK_ROUTE),
         )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from vllm_tokens_patch import outcome, splice
 from vllm_tokens_patch.adapters.base import Adapter, RenderContext, RenderTarget
+from vllm_tokens_patch.id_fields import is_nemo_dialect
 from vllm_tokens_patch.mismatch_log import report_mismatch
 from vllm_tokens_patch.outcome import SKIPPED, Verification
 from vllm_tokens_patch.validation import (
@@ -182,6 +183,8 @@ class TokensSwap:
             if context is None:
                 context = self.adapter.render_context(serving, args, kwargs)
                 validate_ids(tokens, context)
+            if is_nemo_dialect(request):
+                self._clamp_output(request, len(tokens), context.max_model_len)
             self.adapter.check_length(serving, request, tokens, context)
         except TokensRejected as exc:
             outcome.current().refusal = exc.reason
@@ -205,6 +208,18 @@ class TokensSwap:
             prompt[text_key] = text if text is not None else prompt_text(tokens, context)
         self.adapter.after_swap(result, tokens)
         return result
+
+    def _clamp_output(self, request: Any, prompt_len: int, max_model_len: int) -> None:
+        """NeMo's dialect: an output length past the room left is cut to it (as NeMo-RL's servers do), so a
+        long rollout ends its turn with `finish_reason: "length"`; no room at all is still this vLLM's
+        "maximum context length" 400, which NeMo-Gym ends the turn on."""
+        room = max_model_len - prompt_len
+        if room < 1:
+            return
+        for name in self.adapter.fields.max_output:
+            asked = getattr(request, name, None)
+            if isinstance(asked, int) and asked > room:
+                setattr(request, name, room)
 
     def _verify(self, request: Any, verify: bool, rendered: Sequence[int], tokens: list[int]) -> Verification:
         if not verify:

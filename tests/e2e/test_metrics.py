@@ -86,10 +86,10 @@ def test_counts_add_up_across_both_api_servers_and_each_logs_its_first_mismatche
     assert statuses == [status for _, status in script]
 
     expected = {
-        key("requests_total", mode="tokens", outcome="ok"): MISMATCHES + 4 + 3,
-        key("requests_total", mode="tokens", outcome="refused"): 2,
-        key("requests_total", mode="unknown", outcome="refused"): 1,
-        key("requests_total", mode="prefix_tokens", outcome="ok"): 3,
+        key("requests_total", route="tokens", mode="tokens", outcome="ok"): MISMATCHES + 4 + 3,
+        key("requests_total", route="tokens", mode="tokens", outcome="refused"): 2,
+        key("requests_total", route="tokens", mode="unknown", outcome="refused"): 1,
+        key("requests_total", route="tokens", mode="prefix_tokens", outcome="ok"): 3,
         key("verifications_total", result="mismatch"): MISMATCHES,
         key("verifications_total", result="match"): 4,
         key("verifications_total", result="skipped"): 3 + 3,

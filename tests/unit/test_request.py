@@ -6,6 +6,8 @@ import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from vllm_tokens_patch.adapters import Adapter
+from vllm_tokens_patch.adapters.base import RequestFields
+from vllm_tokens_patch.id_fields import is_nemo_dialect
 from vllm_tokens_patch.request import build_request_model, refusal_reason
 
 
@@ -92,3 +94,105 @@ def test_the_verify_switch_is_a_strict_boolean(switch: Any) -> None:
     with pytest.raises(ValidationError):
         Model(messages=TEXT, tokens=[1], vllm_tokens_patch_verify=switch)
     assert Model(messages=TEXT, tokens=[1], vllm_tokens_patch_verify=False).vllm_tokens_patch_verify is False
+
+
+# --- NeMo-Gym's dialect: `required_prefix_token_ids`, ids on the history's assistant messages ------------
+
+GYM_TURN = [
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "yo", "prompt_token_ids": [1, 2], "generation_token_ids": [3, 4]},
+    {"role": "user", "content": "again"},
+]
+
+
+def test_required_prefix_token_ids_is_prefix_tokens_by_another_name() -> None:
+    request = Model(messages=GYM_TURN, required_prefix_token_ids=[7, 8])
+    assert (request.prefix_tokens, request.tokens, request.required_prefix_token_ids) == (
+        [7, 8],
+        None,
+        [7, 8],
+    )
+    assert is_nemo_dialect(request) and not is_nemo_dialect(Model(messages=GYM_TURN, prefix_tokens=[7]))
+
+
+def test_nemos_dialect_asks_for_the_prompt_ids_back_unless_the_client_said() -> None:
+    told = build_request_model(FakeChatRequest, (), RequestFields())
+    assert told(messages=GYM_TURN, required_prefix_token_ids=[7]).return_token_ids is True
+    assert told(messages=GYM_TURN).return_token_ids is True  # the prefix of the history: the same dialect
+    assert (
+        told(messages=GYM_TURN, required_prefix_token_ids=[7], return_token_ids=False).return_token_ids
+        is False
+    )
+    assert getattr(told(messages=GYM_TURN, prefix_tokens=[7]), "return_token_ids", None) is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"tokens": [1], "prefix_tokens": [1]},
+        {"tokens": [1], "required_prefix_token_ids": [1]},
+        {"prefix_tokens": [1], "required_prefix_token_ids": [1]},
+    ],
+)
+def test_two_id_fields_are_refused_by_name(fields: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="given together") as raised:
+        Model(messages=GYM_TURN, **fields)
+    assert all(f"`{name}`" in str(raised.value) for name in fields)
+
+
+def test_the_last_assistant_messages_ids_are_the_prefix() -> None:
+    request = Model(messages=GYM_TURN)
+    assert request.prefix_tokens == [1, 2, 3, 4] and is_nemo_dialect(request)
+
+
+def test_an_explicit_field_wins_over_message_ids() -> None:
+    request = Model(messages=GYM_TURN, tokens=[9])
+    assert (request.tokens, request.prefix_tokens) == ([9], None)
+
+
+def test_message_ids_on_an_earlier_assistant_only_give_no_prefix() -> None:
+    later = [*GYM_TURN, {"role": "assistant", "content": "plain"}, {"role": "user", "content": "x"}]
+    with pytest.raises(ValidationError, match="exactly one"):
+        Model(messages=later)
+
+
+def test_a_consistent_chain_of_calls_is_accepted() -> None:
+    second = {
+        "role": "assistant",
+        "content": "b",
+        "prompt_token_ids": [1, 2, 3, 4, 5],
+        "generation_token_ids": [6],
+    }
+    chain = [*GYM_TURN, second, {"role": "user", "content": "c"}]
+    assert Model(messages=chain).prefix_tokens == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize(
+    ("carried", "says"),
+    [
+        ({"prompt_token_ids": [1]}, "messages[1]` carries `prompt_token_ids` without `generation_token_ids`"),
+        ({"generation_token_ids": [1]}, "without `prompt_token_ids`"),
+        ({"prompt_token_ids": [1, True], "generation_token_ids": [2]}, "messages[1].prompt_token_ids[1]"),
+        ({"prompt_token_ids": [1], "generation_token_ids": [-2]}, "messages[1].generation_token_ids[0]"),
+        ({"prompt_token_ids": [1], "generation_token_ids": "2"}, "messages[1].generation_token_ids` must be"),
+        ({"prompt_token_ids": [], "generation_token_ids": []}, "carries no token ids"),
+    ],
+)
+def test_bad_message_ids_name_the_message(carried: dict[str, Any], says: str) -> None:
+    messages = [GYM_TURN[0], {"role": "assistant", "content": "yo", **carried}, GYM_TURN[2]]
+    with pytest.raises(ValidationError) as raised:
+        Model(messages=messages)
+    assert says in str(raised.value)
+
+
+def test_a_rewritten_history_names_both_messages() -> None:
+    second = {"role": "assistant", "content": "b", "prompt_token_ids": [1, 2, 9], "generation_token_ids": [6]}
+    with pytest.raises(ValidationError) as raised:
+        Model(messages=[*GYM_TURN, second, {"role": "user", "content": "c"}])
+    assert "`messages[3].prompt_token_ids` does not start with `messages[1]`" in str(raised.value)
+
+
+def test_the_clients_body_is_not_changed() -> None:
+    data = {"messages": GYM_TURN, "required_prefix_token_ids": [7]}
+    Model.model_validate(data)
+    assert data == {"messages": GYM_TURN, "required_prefix_token_ids": [7]}

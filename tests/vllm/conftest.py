@@ -15,6 +15,8 @@ from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
 # Takes PRISTINE on import: before any app is built (vLLM loads the plugin then).
 from vllm_tokens_patch_testbed.vllm_suite import API_KEY, MAX_MODEL_LEN, MODES, LoggerRecords
 
+from vllm_tokens_patch import settings
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
@@ -78,6 +80,18 @@ def served(build: Any) -> VllmApp:
     app = build("--api-key", API_KEY, "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
     app.client.headers["Authorization"] = f"Bearer {API_KEY}"
     return app
+
+
+@pytest.fixture(scope="session")
+def stocked(build: Any) -> Iterator[VllmApp]:
+    """`served`'s command line with `VLLM_TOKENS_PATCH_STOCK_ROUTE=1` (the token fields on vLLM's route)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(settings.STOCK_ROUTE, "1")
+        settings.current.cache_clear()
+        app = build("--api-key", API_KEY, "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+    settings.current.cache_clear()
+    app.client.headers["Authorization"] = f"Bearer {API_KEY}"
+    yield app
 
 
 @pytest.fixture(scope="session")

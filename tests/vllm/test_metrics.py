@@ -23,6 +23,7 @@ from vllm_tokens_patch_testbed.vllm_suite import (
     MAX_MODEL_LEN,
     MESSAGES,
     ROUTE,
+    STOCK,
     LoggerRecords,
     body,
     drifted,
@@ -87,9 +88,10 @@ def test_every_series_is_on_vllms_metrics_documented_and_named_by_convention(
         assert family.type == ("histogram" if family.name.endswith("_position") else "counter")
     counters = {name for name, _ in samples if not name.endswith(("_bucket", "_sum", "_count"))}
     assert counters and all(name.endswith("_total") for name in counters), counters
-    for mode in metrics.MODES:  # every known series is listed (at its count, 0 at start-up)
-        for outcome in metrics.OUTCOMES:
-            assert key("requests_total", mode=mode, outcome=outcome) in samples
+    for route in metrics.ROUTES:  # every known series is listed (at its count, 0 at start-up)
+        for mode in metrics.MODES:
+            for outcome in metrics.OUTCOMES:
+                assert key("requests_total", route=route, mode=mode, outcome=outcome) in samples
     for reason in metrics.REASONS:
         assert key("refusals_total", reason=reason) in samples
     assert {key("splices_total", close=c) for c in metrics.CLOSES} <= set(samples)
@@ -144,11 +146,11 @@ def test_a_scripted_sequence_is_counted_exactly(run: Any, served: VllmApp) -> No
         for bound, label in bounds
     }
     assert delta(before, after) == {
-        key("requests_total", mode="tokens", outcome="ok"): 4,
-        key("requests_total", mode="tokens", outcome="refused"): 5,
-        key("requests_total", mode="unknown", outcome="refused"): 1,
-        key("requests_total", mode="prefix_tokens", outcome="ok"): 3,
-        key("requests_total", mode="prefix_tokens", outcome="refused"): 1,
+        key("requests_total", route="tokens", mode="tokens", outcome="ok"): 4,
+        key("requests_total", route="tokens", mode="tokens", outcome="refused"): 5,
+        key("requests_total", route="tokens", mode="unknown", outcome="refused"): 1,
+        key("requests_total", route="tokens", mode="prefix_tokens", outcome="ok"): 3,
+        key("requests_total", route="tokens", mode="prefix_tokens", outcome="refused"): 1,
         key("verifications_total", result="match"): 1,
         key("verifications_total", result="mismatch"): 2,
         key("verifications_total", result="skipped"): 4,
@@ -271,8 +273,29 @@ def test_api_servers_sharing_a_multiprocess_dir_add_up(model_dir: Path, tmp_path
         results.append(json.loads(line[len("RESULT ") :]))
     assert [r["statuses"] for r in results] == [[200, 400], [200, 400]]
     samples = samples_of(results[-1]["metrics"])
-    assert samples[key("requests_total", mode="tokens", outcome="ok")] == 2
-    assert samples[key("requests_total", mode="tokens", outcome="refused")] == 2
+    assert samples[key("requests_total", route="tokens", mode="tokens", outcome="ok")] == 2
+    assert samples[key("requests_total", route="tokens", mode="tokens", outcome="refused")] == 2
     assert samples[key("verifications_total", result="mismatch")] == 2
     assert samples[key("refusals_total", reason="out_of_vocabulary")] == 2
     assert samples[key("first_mismatch_position_count")] == 2
+
+
+def test_the_stock_path_counts_its_token_requests_apart(run: Any, stocked: VllmApp) -> None:
+    """`VLLM_TOKENS_PATCH_STOCK_ROUTE=1`: token bodies on vLLM's chat route count as `route="stock"`; plain
+    stock requests are not ours to count."""
+    ids = stocked.chat_ids(MESSAGES)
+    _, before = scrape(run, stocked)
+    for payload, status in (
+        ({"tokens": ids}, 200),
+        ({"tokens": [1, -1]}, 400),
+        ({}, 200),
+    ):
+        response = run(stocked.client.post(STOCK, json={**body(stocked), **payload}))
+        assert response.status_code == status, (payload, response.text)
+    _, after = scrape(run, stocked)
+    assert delta(before, after) == {
+        key("requests_total", route="stock", mode="tokens", outcome="ok"): 1,
+        key("requests_total", route="stock", mode="unknown", outcome="refused"): 1,
+        key("refusals_total", reason="invalid_request"): 1,
+        key("verifications_total", result="match"): 1,
+    }

@@ -113,6 +113,10 @@ class RequestFields:
     prompt_token_ids: str = "prompt_token_ids"
     """A first-class prompt-ids field (vLLM PR #55771, unreleased), refused with `tokens` where present."""
     truncate_prompt_tokens: str = "truncate_prompt_tokens"
+    return_token_ids: str = "return_token_ids"
+    """Return the prompt ids and each choice's sampled ids (what NeMo-Gym's prefix check reads)."""
+    max_output: tuple[str, ...] = ("max_completion_tokens", "max_tokens")
+    """The output-length fields (the OpenAI API's current name and its deprecated one)."""
 
 
 @dataclass(frozen=True)
