@@ -243,7 +243,6 @@ def test_two_id_fields_are_a_400(run: Any, stocked: VllmApp, path: str, fields: 
 
 
 def test_explicit_ids_win_over_message_ids(run: Any, stocked: VllmApp) -> None:
-    prompt, sampled = history_ids(run, stocked)
     carried = {**ANSWER, "prompt_token_ids": [5, 6], "generation_token_ids": [7]}
     tokens = drifted(stocked.chat_ids(MESSAGES))
     response = post(run, stocked, STOCK, body(stocked, [*FIRST_TURN, carried, FOLLOW_UP], tokens=tokens))
