@@ -15,6 +15,7 @@ nox -t ci                   what .ci/run runs: unit, families, lint, typecheck, 
 The script block above lets a bare `pip install nox uv` run this file: nox installs what the noxfile
 itself imports (PyYAML, packaging: it reads compat_matrix.yaml) into .nox/_nox_script_mode first.
 nox -t matrix               every supported release (heavy: ~4 GB per torch version, see README)
+nox -t gym                  NeMo-Gym 0.7.0's own client against real `vllm serve` (not in ci)
 nox -s coverage             combine the coverage of this invocation's unit/families/vllm-<X> sessions
 nox -s record               write the results of the sessions this invocation ran into compat_results.yaml
                             (`-- --run ID`: an earlier invocation's; `-- --all`: every results file)
