@@ -19,7 +19,8 @@ from vllm_tokens_patch_testbed.gym_driver import TURNS
 from vllm_tokens_patch_testbed.serve import VllmServer
 from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
 
-OPT_IN = "VLLM_TOKENS_PATCH_STOCK_ROUTE"
+from vllm_tokens_patch.settings import STOCK_ROUTE as OPT_IN
+
 GYM_CHECK_FAILED = "do not start with required_prefix_token_ids"
 """The end of nemo-gym 0.7.0's own RuntimeError (responses_api_models/vllm_model/app.py:879-886)."""
 
@@ -38,7 +39,9 @@ def gym_python() -> str:
     return python
 
 
-def serve_and_drive(model: Path, name: str, env: dict[str, str]) -> list[dict[str, Any]]:
+def serve_and_drive(
+    model: Path, name: str, env: dict[str, str], driver_args: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
     """Start `vllm serve` with `env`, run Gym's rollout against it, stop it; Gym's per-turn results."""
     python = gym_python()
     out = ARTIFACTS / f"gym-{name}.json"
@@ -50,7 +53,7 @@ def serve_and_drive(model: Path, name: str, env: dict[str, str]) -> list[dict[st
         env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", **env},
     ) as server:
         command = [python, "-m", "vllm_tokens_patch_testbed.gym_driver", "--base-url", f"{server.url}/v1"]
-        command += ["--model", str(model), "--api-key", API_KEY, "--out", str(out)]
+        command += ["--model", str(model), "--api-key", API_KEY, "--out", str(out), *driver_args]
         ran = subprocess.run(command, capture_output=True, text=True, timeout=900)
     (ARTIFACTS / f"gym-{name}.log").write_text(f"$ {' '.join(command)}\n{ran.stdout}\n{ran.stderr}")
     print(f"\nnemo-gym against {name}:\n{ran.stdout}")
@@ -78,11 +81,21 @@ def test_without_the_opt_in_gym_fails_its_prefix_check_on_turn_2(
     assert second["prefix_check"] == "failed"
 
 
-def test_with_the_opt_in_gym_prefix_check_passes_every_turn(model: Path) -> None:
+GYM_CONFIGS = {
+    "asks-for-the-ids": (),
+    "shipped-training-config": ("--no-request-prompt-and-generation-token-ids",),
+}
+"""`request_prompt_and_generation_token_ids: true` (NeMo-RL's README for this mode) and Gym's own
+`vllm_model_for_training.yaml` (false: Gym never sends `return_token_ids`, so the server must return the
+prompt ids of a prefix request unasked)."""
+
+
+@pytest.mark.parametrize("config", sorted(GYM_CONFIGS))
+def test_with_the_opt_in_gym_prefix_check_passes_every_turn(model: Path, config: str) -> None:
     """`VLLM_TOKENS_PATCH_STOCK_ROUTE=1`: the stock route honours Gym's `required_prefix_token_ids`, so
     Gym's own check passes on every call that supplies one: after a normal turn, after a turn cut short by
     `max_tokens` (the server closes it) and after a tool result."""
-    turns = serve_and_drive(model, "stock-route-opt-in", {OPT_IN: "1"})
+    turns = serve_and_drive(model, f"stock-route-opt-in-{config}", {OPT_IN: "1"}, GYM_CONFIGS[config])
     errors = {t["turn"]: t["gym_error"] for t in turns if "gym_error" in t}
     assert not errors, f"Gym raised: {errors}"
     assert [t["kind"] for t in turns] == [turn["kind"] for turn in TURNS]
