@@ -286,7 +286,7 @@ def _router_venv(session: nox.Session, requirement: str, python: str) -> Path:
     venv = Path(session.create_tmp()) / name
     marker = venv / f"{requirement}.installed"
     if not marker.exists():
-        session.run_install("uv", "venv", "--quiet", "--python", python, str(venv), external=True)
+        session.run_install("uv", "venv", "--clear", "--quiet", "--python", python, str(venv), external=True)
         target = ["--python", str(venv / "bin" / "python")]
         session.run_install("uv", "pip", "install", "--quiet", *target, requirement, external=True)
         marker.touch()
