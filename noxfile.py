@@ -320,7 +320,7 @@ def router_probe(session: nox.Session) -> None:
     artifacts.mkdir(parents=True, exist_ok=True)
     routers = [f"--router=vllm-router={vllm_router}", f"--router=sglang-router={sglang_router} launch"]
     out = ["--json", str(artifacts / "observations.json"), "--logs", str(artifacts)]
-    session.run("python", "tools/router_probe.py", *routers, *out, *session.posargs)
+    session.run("python", "tools/router_probe.py", *routers, *out)  # posargs are pytest's (`nox -t router`)
 
 
 SOAK = E2E_CI
