@@ -1,6 +1,6 @@
 """Day-0 canary: a static check of every target an adapter needs, against a vLLM source tree.
 
-    python tools/canary.py [PATH] [--adapter NAME] [--version X] [--cache-dir DIR]
+    python -m tools.canary [PATH] [--adapter NAME] [--version X] [--cache-dir DIR]
 
 PATH is an unpacked vLLM wheel or sdist, a git checkout (any directory containing `vllm/`), the `vllm/`
 directory itself, or a wheel / sdist file (its `vllm/**/*.py` files are unpacked into the cache dir).
@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.version import Version
-from repo_paths import ROOT
-from static_imports import Binding, Found, ModuleInfo, Tree, absolute_module, dotted_name, runtime_statements
 
 from vllm_tokens_patch import compat
 from vllm_tokens_patch.adapters import Adapter, Location, RenderTarget, load
+
+from . import ROOT
+from .static_imports import Binding, Found, ModuleInfo, Tree, absolute_module, dotted_name, runtime_statements
 
 __all__ = [
     "Check",
@@ -621,7 +622,9 @@ def canary(root: Path, adapter_name: str | None, version: str | None, matrix: co
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m tools.canary",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "path", nargs="?", type=Path, help="vLLM tree, wheel or sdist (default: newest on PyPI)"

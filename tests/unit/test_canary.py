@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 import textwrap
 import zipfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-
-import canary  # noqa: E402
-
-from vllm_tokens_patch import adapters, compat  # noqa: E402
+from tools import canary
+from vllm_tokens_patch import adapters, compat
 
 CC = "vllm/entrypoints/openai/chat_completion"
 
