@@ -413,16 +413,15 @@ def check_native_reuse(tree: Tree, adapter: Adapter) -> list[Check]:
         checks.append(Check(False, "request fields", str(adapter.request_base), "request class not found"))
         return checks
     fields = tree.fields(base.module, base.binding.node)
-    missing = [f for f in ("kv_transfer_params", "echo") if f not in fields]
+    needed = (adapter.fields.kv_transfer_params, adapter.fields.echo)  # the names this adapter declares
+    missing = [name for name in needed if name not in fields]
     if missing:
         reason = (
             f"no annotated field {', '.join(missing)} in the class or its bases (the fast path needs them)"
         )
         checks.append(Check(False, "request fields", str(adapter.request_base), reason))
     else:
-        checks.append(
-            Check(True, "request fields", str(adapter.request_base), "has kv_transfer_params and echo")
-        )
+        checks.append(Check(True, "request fields", str(adapter.request_base), f"has {' and '.join(needed)}"))
     return checks
 
 
