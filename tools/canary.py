@@ -1,6 +1,6 @@
 """Day-0 canary: a static check of every target an adapter needs, against a vLLM source tree.
 
-    python tools/canary.py [PATH] [--adapter NAME] [--version X] [--cache-dir DIR]
+    python -m tools.canary [PATH] [--adapter NAME] [--version X] [--cache-dir DIR]
 
 PATH is an unpacked vLLM wheel or sdist, a git checkout (any directory containing `vllm/`), the `vllm/`
 directory itself, or a wheel / sdist file (its `vllm/**/*.py` files are unpacked into the cache dir).
@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.version import Version
-from repo_paths import ROOT
-from static_imports import Binding, Found, ModuleInfo, Tree, absolute_module, dotted_name, runtime_statements
 
 from vllm_tokens_patch import compat
 from vllm_tokens_patch.adapters import Adapter, Location, RenderTarget, load
+
+from . import ROOT
+from .static_imports import Binding, Found, ModuleInfo, Tree, absolute_module, dotted_name, runtime_statements
 
 __all__ = [
     "Check",
@@ -412,16 +413,15 @@ def check_native_reuse(tree: Tree, adapter: Adapter) -> list[Check]:
         checks.append(Check(False, "request fields", str(adapter.request_base), "request class not found"))
         return checks
     fields = tree.fields(base.module, base.binding.node)
-    missing = [f for f in ("kv_transfer_params", "echo") if f not in fields]
+    needed = (adapter.fields.kv_transfer_params, adapter.fields.echo)  # the names this adapter declares
+    missing = [name for name in needed if name not in fields]
     if missing:
         reason = (
             f"no annotated field {', '.join(missing)} in the class or its bases (the fast path needs them)"
         )
         checks.append(Check(False, "request fields", str(adapter.request_base), reason))
     else:
-        checks.append(
-            Check(True, "request fields", str(adapter.request_base), "has kv_transfer_params and echo")
-        )
+        checks.append(Check(True, "request fields", str(adapter.request_base), f"has {' and '.join(needed)}"))
     return checks
 
 
@@ -621,7 +621,9 @@ def canary(root: Path, adapter_name: str | None, version: str | None, matrix: co
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m tools.canary",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "path", nargs="?", type=Path, help="vLLM tree, wheel or sdist (default: newest on PyPI)"

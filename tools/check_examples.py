@@ -2,7 +2,7 @@
 them).
 
 In README.md each example sits between `<!-- example: examples/NAME -->` and `<!-- example-end -->` as one
-fenced block. `python tools/check_examples.py` exits 1 when a block differs from its file, names a missing
+fenced block. `python -m tools.check_examples` exits 1 when a block differs from its file, names a missing
 file, or a file in examples/ is in no block (the lint session runs it); `--write` copies the files in.
 """
 
@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from repo_paths import ROOT
+from . import ROOT
 
 EXAMPLES = ROOT / "examples"
 BLOCK = re.compile(r"(<!-- example: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- example-end -->)", re.DOTALL)

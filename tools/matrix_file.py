@@ -10,7 +10,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import repo_paths  # noqa: F401  (makes the checkout's vllm_tokens_patch importable)
 import yaml
 
 from vllm_tokens_patch.compat import RESULTS_FILE, Matrix, Release, parse_matrix, parse_version

@@ -1,6 +1,6 @@
 """The checks `nox -s lint` and `nox -s coverage` run against compat_matrix.yaml:
 
-    python tools/matrix_tools.py check-table | check-docs | check-adapters-executed COVERAGE_JSON
+    python -m tools.matrix_tools check-table | check-docs | check-adapters-executed COVERAGE_JSON
 
 Each job is its own module: `matrix_file` (reading and writing the matrix and its results),
 `session_results` (recording session results), `readme_table`, `doc_ranges`, `adapter_coverage`.
@@ -12,11 +12,11 @@ import json
 import sys
 from pathlib import Path
 
-from adapter_coverage import unexecuted_adapters
-from doc_ranges import DOCS_CONVENTION, check_docs
-from matrix_file import load
-from readme_table import render_table
-from repo_paths import ROOT
+from . import ROOT
+from .adapter_coverage import unexecuted_adapters
+from .doc_ranges import DOCS_CONVENTION, check_docs
+from .matrix_file import load
+from .readme_table import render_table
 
 
 def main(argv: list[str]) -> int:
@@ -41,7 +41,9 @@ def main(argv: list[str]) -> int:
         for path in missing:
             print(f"{path}: its code ran in no vllm-<X> session of a release that uses it")
         return 1 if missing else 0
-    print(f"usage: {sys.argv[0]} check-table | check-docs | check-adapters-executed COVERAGE_JSON")
+    print(
+        "usage: python -m tools.matrix_tools check-table | check-docs | check-adapters-executed COVERAGE_JSON"
+    )
     return 2
 
 

@@ -1,15 +1,14 @@
 """The README's compatibility table, generated from the matrix and its results (`nox -s matrix-table`;
-`python tools/matrix_tools.py check-table` fails while they disagree)."""
+`python -m tools.matrix_tools check-table` fails while they disagree)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import repo_paths  # noqa: F401  (makes the checkout's vllm_tokens_patch importable)
-from matrix_file import load
-
 from vllm_tokens_patch import adapters
 from vllm_tokens_patch.compat import Matrix, parse_version
+
+from .matrix_file import load
 
 __all__ = ["TABLE_BEGIN", "TABLE_END", "render_table", "write_readme_table"]
 

@@ -1,6 +1,6 @@
 """Append the vLLM releases PyPI has and compat_matrix.yaml does not (like sentry-sdk's populate_tox).
 
-    python tools/refresh_matrix.py [--dry-run] [--matrix PATH] [--cache-dir DIR]
+    python -m tools.refresh_matrix [--dry-run] [--matrix PATH] [--cache-dir DIR]
 
 For every final vLLM release newer than the matrix's newest row (`pip index versions vllm`), oldest
 first: download the upstream wheel, run the canary (tools/canary.py) with each adapter the matrix uses,
@@ -25,14 +25,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import canary
-import matrix_file
 import yaml
 from packaging.version import Version
-from repo_paths import ROOT
 
 from vllm_tokens_patch import compat
 from vllm_tokens_patch.adapters import load
+
+from . import ROOT, canary, matrix_file
 
 __all__ = ["CpuWheel", "adapters_newest_first", "build_row", "main", "newer_releases", "refresh_text"]
 
@@ -157,7 +156,9 @@ def fit_adapter(root: Path, adapters: list[str]) -> tuple[str | None, list[canar
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m tools.refresh_matrix",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--dry-run", action="store_true", help="print the new matrix, write nothing")
     parser.add_argument("--matrix", type=Path, default=ROOT / "compat_matrix.yaml")

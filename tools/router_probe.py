@@ -6,7 +6,7 @@ stream and records the method, path, headers and JSON body it got), sends the re
 this package sends, and prints, for each: the status the client got, the path the worker got, which
 client headers reached it and which extra body fields survived. No vLLM needed: it runs in seconds.
 
-    python tools/router_probe.py --router vllm-router=/path/bin/vllm-router \
+    python -m tools.router_probe --router vllm-router=/path/bin/vllm-router \
         --router "sglang-router=/path/bin/sglang-router launch" [--json OUT]
 """
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import repo_paths  # noqa: F401  (makes the checkout's vllm_tokens_patch importable)
 import yaml
-from matrix_file import dump_results, load
 
 from vllm_tokens_patch.compat import RESULTS_FILE
+
+from .matrix_file import dump_results, load
 
 __all__ = ["record_results", "select_results", "write_result"]
 

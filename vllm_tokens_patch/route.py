@@ -101,11 +101,22 @@ def _bounded(value: Any) -> Any:
     return value
 
 
+def _client_error(
+    kind: str, msg: str, echoed: Any = None, loc: tuple[str | int, ...] = ("body",), reason: str | None = None
+) -> RequestValidationError:
+    """One error about the body, keyed as pydantic keys its errors (`type`, `loc`, `msg`, `input`, and
+    `ctx` when there is a `reason`), raised as FastAPI's `RequestValidationError`: vLLM's handler answers
+    it with a 400 in vLLM's error format."""
+    error: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg, "input": echoed}
+    if reason is not None:
+        error["ctx"] = {"error": reason}
+    return RequestValidationError([error], body=None)
+
+
 def _body_error(exc: BaseException) -> RequestValidationError:
     """FastAPI's own error for a body that is not JSON (same `type` and `loc` as its stock routes)."""
     detail = str(exc) if not isinstance(exc, RecursionError) else "nested too deep"
-    error = {"type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error", "input": {}}
-    return RequestValidationError([{**error, "ctx": {"error": detail}}], body=None)
+    return _client_error("json_invalid", "JSON decode error", {}, ("body", 0), detail)
 
 
 def _shape_error(data: Any, exc: BaseException | None) -> RequestValidationError:
@@ -114,12 +125,9 @@ def _shape_error(data: Any, exc: BaseException | None) -> RequestValidationError
     validation error. FastAPI would answer these with a 500; they are the client's malformed body."""
     if exc is None:
         msg = "Input should be a valid dictionary or object to extract fields from"
-        error = {"type": "model_attributes_type", "loc": ("body",), "msg": msg, "input": _bounded(data)}
-    else:
-        reason = "nested too deep" if isinstance(exc, RecursionError) else f"{type(exc).__name__}: {exc}"
-        error = {"type": "value_error", "loc": ("body",), "msg": f"Value error, {reason}", "input": None}
-        error["ctx"] = {"error": reason}
-    return RequestValidationError([error], body=None)
+        return _client_error("model_attributes_type", msg, _bounded(data))
+    reason = "nested too deep" if isinstance(exc, RecursionError) else f"{type(exc).__name__}: {exc}"
+    return _client_error("value_error", f"Value error, {reason}", reason=reason)
 
 
 async def parse_request(request_model: type[Any], raw_request: Request) -> Any:
@@ -133,8 +141,7 @@ async def parse_request(request_model: type[Any], raw_request: Request) -> Any:
     try:
         body = await raw_request.body()
     except ClientDisconnect:  # gone before its body arrived: the stock route's quiet 400, no traceback
-        gone = {"type": "value_error", "loc": ("body",), "msg": "the client disconnected", "input": None}
-        raise RequestValidationError([gone], body=None) from None
+        raise _client_error("value_error", "the client disconnected") from None
     try:
         data = decode_json(body)
     except Exception as exc:  # any decoder failure is a malformed body

@@ -38,6 +38,8 @@ from collections.abc import Generator, Iterator, Mapping, MutableMapping, Sequen
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from vllm_tokens_patch.validation import first_difference
+
 STAND_IN_USER = {"role": "user", "content": "u"}
 STAND_IN_CONTENTS = ("x", "y")
 """Two one-token contents: the two renders differ exactly there."""
@@ -101,14 +103,6 @@ def _materialized(message: Any) -> Any:
             if isinstance(value, Iterator):
                 message[key] = list(value)
     return message
-
-
-def first_difference(left: Sequence[int], right: Sequence[int]) -> int | None:
-    """The first index where the two differ (the shorter length if one is a prefix of the other), or None."""
-    for index, (a, b) in enumerate(zip(left, right, strict=False)):
-        if a != b:
-            return index
-    return None if len(left) == len(right) else min(len(left), len(right))
 
 
 def common_suffix_length(left: Sequence[int], right: Sequence[int]) -> int:

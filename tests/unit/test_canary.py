@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
+import dataclasses
 import textwrap
 import zipfile
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-
-import canary  # noqa: E402
-
-from vllm_tokens_patch import adapters, compat  # noqa: E402
+from tools import canary
+from vllm_tokens_patch import adapters, compat
 
 CC = "vllm/entrypoints/openai/chat_completion"
 
@@ -329,6 +325,28 @@ def test_native_reuse_needs_the_request_fields(tmp_path: Path) -> None:
     checks = canary.run_checks(write_tree(tmp_path, files), adapters.load("render_chat_request_v0_27"))
     (failed,) = [c for c in checks if not c.ok]
     assert failed.what == "request fields" and "echo" in failed.reason
+
+
+def test_the_request_fields_are_the_adapters_own(tmp_path: Path) -> None:
+    """The field names come from the adapter's `fields` (stated there once): a release that renamed
+    `echo` passes with an adapter that declares the new name, and the adapter that still says `echo` fails
+    on it, naming that field."""
+    files = dict(V0_33)
+    files[f"{CC}/protocol.py"] = files[f"{CC}/protocol.py"].replace("echo: bool", "echo_rendered: bool")
+    root = write_tree(tmp_path, files)
+    stale = adapters.load("render_chat_request_v0_27")
+
+    class Renamed(type(stale)):  # type: ignore[misc]
+        fields = dataclasses.replace(stale.fields, echo="echo_rendered")
+
+    def request_fields(adapter: adapters.Adapter) -> canary.Check:
+        (check,) = [c for c in canary.run_checks(root, adapter) if c.what == "request fields"]
+        return check
+
+    renamed = request_fields(Renamed())
+    assert renamed.ok and renamed.reason == "has kv_transfer_params and echo_rendered"
+    check = request_fields(stale)
+    assert not check.ok and "no annotated field echo " in check.reason
 
 
 def test_adapter_override_and_the_adapter_the_matrix_picks(

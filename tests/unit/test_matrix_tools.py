@@ -1,23 +1,15 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tools import adapter_coverage, doc_ranges, matrix_file, readme_table, session_results, vllm_cpu_env
+from vllm_tokens_patch import compat
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-
-import adapter_coverage  # noqa: E402
-import doc_ranges  # noqa: E402
-import matrix_file  # noqa: E402
-import readme_table  # noqa: E402
-import session_results  # noqa: E402
-import vllm_cpu_env  # noqa: E402
-
-from vllm_tokens_patch import compat  # noqa: E402
 
 
 def test_readme_table_is_generated_from_the_matrix() -> None:

@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-
-import matrix_file  # noqa: E402
-import refresh_matrix  # noqa: E402
-
-from vllm_tokens_patch import compat  # noqa: E402
+from tools import matrix_file, refresh_matrix
+from vllm_tokens_patch import compat
 
 MATRIX = """\
 # A synthetic matrix.

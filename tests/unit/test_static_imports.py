@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import ast
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-
-from static_imports import Tree  # noqa: E402
+from tools.static_imports import Tree
 
 
 def tree_of(root: Path, files: dict[str, str]) -> Tree:
