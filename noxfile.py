@@ -339,7 +339,8 @@ def router_probe(session: nox.Session) -> None:
     artifacts.mkdir(parents=True, exist_ok=True)
     routers = [f"--router=vllm-router={vllm_router}", f"--router=sglang-router={sglang_router} launch"]
     out = ["--json", str(artifacts / "observations.json"), "--logs", str(artifacts)]
-    session.run("python", "-m", "tools.router_probe", *routers, *out)  # posargs are pytest's (`nox -t router`)
+    # posargs are pytest's (`nox -t router`), not the probe's
+    session.run("python", "-m", "tools.router_probe", *routers, *out)
 
 
 SOAK = E2E_CI
