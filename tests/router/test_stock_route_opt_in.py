@@ -99,11 +99,18 @@ def test_tokens_on_the_stock_path_stream(router: Router, replicas: Replicas, mod
 def test_bad_token_fields_get_a_400_before_any_stream(
     router: Router, model: Path, fields: dict[str, Any]
 ) -> None:
-    body = {"model": str(model), "messages": MESSAGES, "max_tokens": 2, "stream": True, **fields}
-    response = post(f"{router.url}{STOCK_ROUTE}", json=body, headers=AUTH)
+    """A 400 with vLLM's JSON error body, never a stream. vllm-router 0.1.17 labels every answer to a
+    `stream: true` request `text/event-stream`, vLLM's own 400s included, so the content type is held to
+    what the router gives vLLM's own refusal (a too-long prompt) and the body must be the JSON error."""
+    body = {"model": str(model), "messages": MESSAGES, "max_tokens": 2, "stream": True}
+    too_long = [{"role": "user", "content": "word " * 2000}]
+    stock = post(f"{router.url}{STOCK_ROUTE}", json={**body, "messages": too_long}, headers=AUTH)
+    assert stock.status_code == 400 and "context length" in stock.text, stock.text
+    response = post(f"{router.url}{STOCK_ROUTE}", json={**body, **fields}, headers=AUTH)
     assert response.status_code == 400, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    assert "error" in response.json()
+    assert response.headers["content-type"] == stock.headers["content-type"]
+    error = json.loads(response.text)["error"]
+    assert error["code"] == 400 and error["message"], error
 
 
 def test_splice_rollout_on_the_stock_path_across_replicas(
