@@ -21,6 +21,12 @@ same prompt:
   stock-kvtp            POST /v1/chat/completions with `kv_transfer_params.prompt_token_ids` (vLLM's own
                         reuse branch, >= 0.27).
   completions-ids       POST /v1/completions with `prompt` = the ids: no template, no tokenizer (the limit).
+  stock-opt-in          POST /v1/chat/completions, the stock body, on a third app built with
+                        `VLLM_TOKENS_PATCH_STOCK_ROUTE=1` (the dispatch in front of vLLM's route reads the
+                        body, finds no token field and replays it): what the opt-in costs a plain request.
+  stock-path-fast       the same app and path with `tokens` and `"vllm_tokens_patch_verify": false`: the
+                        fast path through the stock path. (The third app serves 2 of every round's
+                        requests, so its caches are colder than the others': a pessimistic measure.)
   tokens-splice         (multi-turn sizes only) POST /v1/chat/completions/tokens with `prefix_tokens` = the
                         ids of the history before the last user message, cut where the model stopped
                         sampling (after `<|im_end|>`), on the fast path: the server renders only the
@@ -67,7 +73,7 @@ MAX_MODEL_LEN = 40960
 MAX_TOKENS = 4
 BASELINE = "stock-without-plugin"
 CASES = ("stock-without-plugin", "stock-with-plugin", "tokens-default", "tokens-fast", "stock-kvtp")
-CASES += ("completions-ids", "tokens-splice")
+CASES += ("completions-ids", "stock-opt-in", "stock-path-fast", "tokens-splice")
 SIZES = {"1k": 1024, "4k": 4096, "16k": 16384, "32k": 32768, "multi-turn-8k": 8192, "multi-turn-32k": 32768}
 """Target rendered prompt tokens; `multi-turn-*`: 66 alternating user/assistant messages + a new user one."""
 TURN_MESSAGES = 66
@@ -200,6 +206,7 @@ def splice_prefix(app: VllmApp, messages: list[dict[str, str]]) -> list[int] | N
 def make_cases(
     stock: VllmApp,
     plugin: VllmApp,
+    opted: VllmApp,
     messages: list[dict[str, str]],
     ids: list[int],
     streams: list[bool],
@@ -227,6 +234,12 @@ def make_cases(
                 plugin,
                 "/v1/completions",
                 {"model": plugin.args.model, "prompt": ids, "max_tokens": MAX_TOKENS, "stream": stream},
+            ),
+            "stock-opt-in": (opted, "/v1/chat/completions", base),
+            "stock-path-fast": (
+                opted,
+                "/v1/chat/completions",
+                {**base, "tokens": ids, "vllm_tokens_patch_verify": False},
             ),
         }
         if prefix is not None:
@@ -299,12 +312,17 @@ def summarize(samples: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
 
 
 async def measure(
-    stock: VllmApp, plugin: VllmApp, size: str, args: argparse.Namespace, rng: random.Random
+    stock: VllmApp,
+    plugin: VllmApp,
+    opted: VllmApp,
+    size: str,
+    args: argparse.Namespace,
+    rng: random.Random,
 ) -> dict[str, Any]:
     messages = conversation(plugin, size, args.seed)
     ids = plugin.chat_ids(messages)
     prefix = splice_prefix(plugin, messages)
-    cases = make_cases(stock, plugin, messages, ids, [False, True] if args.stream else [False], prefix)
+    cases = make_cases(stock, plugin, opted, messages, ids, [False, True] if args.stream else [False], prefix)
     rounds = rounds_for(SIZES[size], args)
     samples: dict[str, dict[str, list[float]]] = {c.name: {"wall_ms": [], "cpu_ms": []} for c in cases}
     headers_seen: dict[str, set[str]] = {}
@@ -334,9 +352,23 @@ async def measure(
     }
 
 
+async def build_opted_in(model: Path) -> VllmApp:
+    """The plugin app with `VLLM_TOKENS_PATCH_STOCK_ROUTE=1` (read when the route mounts)."""
+    from vllm_tokens_patch import settings
+
+    os.environ[settings.STOCK_ROUTE] = "1"
+    settings.current.cache_clear()
+    try:
+        return await build_vllm_app(model, max_model_len=MAX_MODEL_LEN)
+    finally:
+        del os.environ[settings.STOCK_ROUTE]
+        settings.current.cache_clear()
+
+
 async def run_tokenizer(name: str, model: Path, args: argparse.Namespace) -> dict[str, Any]:
     stock = await build_vllm_app(model, max_model_len=MAX_MODEL_LEN)
     plugin = await build_vllm_app(model, max_model_len=MAX_MODEL_LEN)
+    opted = await build_opted_in(model)
     bypass_plugin(stock)
     probe = {"model": plugin.args.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     wrapper_calls = await check_bypass(plugin, stock, json.dumps(probe).encode())
@@ -344,10 +376,11 @@ async def run_tokenizer(name: str, model: Path, args: argparse.Namespace) -> dic
     results = []
     try:
         for size in args.sizes:
-            results.append({"tokenizer": name, **await measure(stock, plugin, size, args, rng)})
+            results.append({"tokenizer": name, **await measure(stock, plugin, opted, size, args, rng)})
     finally:
         await stock.client.aclose()
         await plugin.client.aclose()
+        await opted.client.aclose()
     return {
         "tokenizer": name,
         "vocab_size": len(plugin.tokenizer),
