@@ -361,3 +361,64 @@ def test_a_bad_nemo_request_never_reads_as_an_overflow_to_gym(
     response = post(run, stocked, STOCK, payload)
     assert response.status_code == 400, response.text
     assert "context length" not in response.text and "max_tokens" not in response.text, response.text
+
+
+# --- lifecycle (these unpatch: run last) -------------------------------------------------------------------
+
+
+@pytest.mark.unpatches
+def test_unpatch_takes_the_dispatch_away(run: Any, build: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an app of its own (an earlier `unpatches` test may have unpatched `stocked` already)."""
+    import vllm_tokens_patch
+    from vllm_tokens_patch import settings
+    from vllm_tokens_patch.stock_route import StockDispatch
+
+    with monkeypatch.context() as env:
+        env.setenv(settings.STOCK_ROUTE, "1")
+        settings.current.cache_clear()
+        app = build()
+    settings.current.cache_clear()
+    assert sum(isinstance(route, StockDispatch) for route in app.app.router.routes) == 1
+    vllm_tokens_patch.unpatch()
+    try:
+        assert not any(isinstance(route, StockDispatch) for route in app.app.router.routes)
+        response = post(run, app, STOCK, body(app, tokens=drifted(app.chat_ids(MESSAGES))))
+        assert response.status_code == 200 and VERIFICATION_HEADER not in response.headers
+        assert engine_ids(app) == app.chat_ids(MESSAGES), "vLLM's own render again"
+    finally:
+        vllm_tokens_patch.register()
+
+
+@pytest.mark.unpatches
+def test_when_the_patch_cannot_apply_token_fields_on_the_stock_path_get_the_501(
+    run: Any, build: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never silent: with the opt-in, a token body on the stock path gets the token route's 501 and its
+    reason, not vLLM's render of `messages`; a plain body is still served."""
+    import dataclasses
+
+    from vllm_tokens_patch_testbed.vllm_suite import ADAPTER
+
+    import vllm_tokens_patch
+    from vllm_tokens_patch import settings
+
+    vllm_tokens_patch.unpatch()
+    try:
+        gone = dataclasses.replace(ADAPTER.render_targets[0].location, qualname="OpenAIServingChat.gone")
+        broken = (dataclasses.replace(ADAPTER.render_targets[0], location=gone), *ADAPTER.render_targets[1:])
+        monkeypatch.setattr(type(ADAPTER), "render_targets", broken)
+        monkeypatch.setenv(settings.STOCK_ROUTE, "1")
+        settings.current.cache_clear()
+        vllm_tokens_patch.register()
+        app = build()
+        plain = post(run, app, STOCK, body(app))
+        assert plain.status_code == 200, plain.text
+        for path in (ROUTE, STOCK):
+            refused = post(run, app, path, body(app, tokens=[1, 2, 3]))
+            assert refused.status_code == 501, (path, refused.text)
+            assert "OpenAIServingChat.gone" in refused.json()["error"]["message"]
+    finally:
+        vllm_tokens_patch.unpatch()
+        monkeypatch.undo()
+        settings.current.cache_clear()
+        vllm_tokens_patch.register()
