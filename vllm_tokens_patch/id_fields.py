@@ -6,7 +6,21 @@ dispatch (`stock_route.py`) and the swap (`tokens.py`, imported in every vLLM pr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vllm_tokens_patch.adapters.base import RequestFields
+
+
+class IdFieldsError(ValueError):
+    """The request's ids cannot be told apart (two id fields) or NeMo-Gym's message ids are malformed or
+    inconsistent. Answered as our own 400 naming the field or message, not as a pydantic error, whose echo
+    of the whole body (`max_tokens` in it) NeMo-Gym would take for a context overflow."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
 
 PREFIX_ALIASES = ("required_prefix_token_ids",)
 """Other names clients send `prefix_tokens` under: NeMo-Gym's `VLLMModel` (`supply_prefix_token_ids`) sends
@@ -37,15 +51,17 @@ def _message_ids(message: Any, where: str) -> list[int] | None:
         return None
     if len(present) != len(MESSAGE_ID_FIELDS):
         missing = next(name for name in MESSAGE_ID_FIELDS if name not in present)
-        raise ValueError(f"`{where}` carries `{present[0]}` without `{missing}`: send both or neither")
+        raise IdFieldsError(
+            f"`{where}` carries `{present[0]}` without `{missing}`: send both or neither", "messages"
+        )
     ids: list[int] = []
     for name in MESSAGE_ID_FIELDS:
         error = _ids_error(f"{where}.{name}", message[name])
         if error is not None:
-            raise ValueError(error)
+            raise IdFieldsError(error, "messages")
         ids.extend(message[name])
     if not ids:
-        raise ValueError(f"`{where}` carries no token ids")
+        raise IdFieldsError(f"`{where}` carries no token ids", "messages")
     return ids
 
 
@@ -88,9 +104,10 @@ def _check_extends(earlier: tuple[int, list[int]], index: int, ids: list[int], m
     before, seen = earlier
     prompt = messages[index].get(PROMPT_IDS) or []
     if prompt[: len(seen)] != seen:
-        raise ValueError(
+        raise IdFieldsError(
             f"`messages[{index}].{PROMPT_IDS}` does not start with `messages[{before}]`'s prompt + "
-            f"generated ids: the ids on the history's assistant messages are inconsistent"
+            f"generated ids: the ids on the history's assistant messages are inconsistent",
+            "messages",
         )
 
 
@@ -103,3 +120,28 @@ def is_nemo_dialect(request: Any) -> bool:
     request gets what NeMo-RL's own servers give: the prompt ids back (`return_token_ids` unless the client
     said otherwise) and an output length clamped to the room left."""
     return getattr(request, NEMO_PREFIX, None) is not None
+
+
+def choose_ids(data: dict[str, Any], fields: RequestFields) -> dict[str, Any]:
+    """The body with its ids in place, before the request model validates it: at most one of `ID_FIELDS`
+    (else `IdFieldsError`); a prefix alias is also `prefix_tokens`; with no id field, NeMo-Gym's history
+    may give the prefix (`prefix_from_messages`). NeMo's dialect (`NEMO_PREFIX` set) asks for the prompt ids
+    back unless the client said otherwise. The client's dict is not changed."""
+    given = [name for name in ID_FIELDS if data.get(name) is not None]
+    if len(given) > 1:
+        named = " and ".join(f"`{name}`" for name in given)
+        aliases = ", ".join(f"`{alias}`" for alias in PREFIX_ALIASES)
+        raise IdFieldsError(
+            f"{named} were given together: send exactly one of `tokens` (the whole prompt) and "
+            f"`prefix_tokens` (the ids so far; also accepted as {aliases})",
+            given[1],
+        )
+    if given and given[0] not in PREFIX_ALIASES:
+        return data
+    ids = data[given[0]] if given else prefix_from_messages(data.get("messages"))
+    if ids is None:
+        return data
+    chosen = {**data, "prefix_tokens": ids, NEMO_PREFIX: ids}
+    if data.get(fields.return_token_ids) is None:
+        chosen[fields.return_token_ids] = True  # NeMo-Gym's check fails closed without the prompt ids
+    return chosen

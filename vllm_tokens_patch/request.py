@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, Field, StrictBool, StrictInt, model_validator
 
-from vllm_tokens_patch.id_fields import ID_FIELDS, NEMO_PREFIX, PREFIX_ALIASES, prefix_from_messages
+from vllm_tokens_patch.id_fields import PREFIX_ALIASES
 
 if TYPE_CHECKING:
     from vllm_tokens_patch.adapters.base import RequestFields
@@ -46,33 +46,6 @@ PrefixIds = Annotated[
 ]
 
 
-def _ids_chooser(fields: RequestFields | None) -> Any:
-    def _choose_ids(data: Any) -> Any:
-        """Before vLLM's fields are validated: at most one of `ID_FIELDS`; an alias is also `prefix_tokens`;
-        with none, NeMo-Gym's history may give the prefix (`prefix_from_messages`). The client's dict is not
-        changed."""
-        if not isinstance(data, dict):
-            return data
-        given = [name for name in ID_FIELDS if data.get(name) is not None]
-        if len(given) > 1:
-            named = " and ".join(f"`{name}`" for name in given)
-            raise ValueError(
-                f"{named} were given together: send exactly one of `tokens` (the whole prompt) and "
-                f"`prefix_tokens` (the ids so far; also accepted as {', '.join(map(repr, PREFIX_ALIASES))})"
-            )
-        if given and given[0] not in PREFIX_ALIASES:
-            return data
-        ids = data[given[0]] if given else prefix_from_messages(data.get("messages"))
-        if ids is None:
-            return data
-        chosen = {**data, "prefix_tokens": ids, NEMO_PREFIX: ids}
-        if fields is not None and data.get(fields.return_token_ids) is None:
-            chosen[fields.return_token_ids] = True  # NeMo-Gym's check needs the prompt ids back
-        return chosen
-
-    return _choose_ids
-
-
 def _exactly_one_id_list(request: Any) -> Any:
     """`tokens` (the whole prompt) or `prefix_tokens` (the server splices the new turn): exactly one."""
     if (request.tokens is None) == (request.prefix_tokens is None):
@@ -97,9 +70,7 @@ VerifySwitch = Annotated[
 TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", "refusal", "thinking"})
 
 
-def build_request_model(
-    base: type[Any], class_caches: Sequence[str], fields: RequestFields | None = None
-) -> type[Any]:
+def build_request_model(base: type[Any], class_caches: Sequence[str]) -> type[Any]:
     """Subclass vLLM's request with `tokens` / `prefix_tokens` (exactly one) and the verify switch.
 
     `class_caches` (`Adapter.request_class_caches`) are ClassVars of the base that cache per class: each
@@ -122,7 +93,6 @@ def build_request_model(
         **dict.fromkeys(PREFIX_ALIASES),
         VERIFY_FIELD: None,
         **dict.fromkeys(class_caches),
-        "_choose_ids": model_validator(mode="before")(_ids_chooser(fields)),
         "_exactly_one_id_list": model_validator(mode="after")(_exactly_one_id_list),
     }
     metaclass: Any = type(base)  # pydantic's model metaclass: builds the fields from the annotations

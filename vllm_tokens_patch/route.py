@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute
 from vllm_tokens_patch import metrics, outcome
 from vllm_tokens_patch.adapters.base import Adapter
 from vllm_tokens_patch.headers import FIRST_MISMATCH_HEADER, SPLICE_HEADER, VERIFICATION_HEADER
+from vllm_tokens_patch.id_fields import IdFieldsError, choose_ids
 from vllm_tokens_patch.outcome import Outcome, Route
 from vllm_tokens_patch.request import refusal_reason
 
@@ -138,6 +139,11 @@ async def parse_request(request_model: type[Any], raw_request: Request) -> Any:
     deep nesting, a `UnicodeDecodeError`, an over-long integer's `ValueError`) is the client's malformed
     body; so is a body that is not a JSON object, or one that trips a request validator into anything but a
     validation error. Echoed inputs are bounded in depth (see `MAX_ECHOED_DEPTH`)."""
+    return validate_body(request_model, await read_body(raw_request))
+
+
+async def read_body(raw_request: Request) -> dict[str, Any]:
+    """The body as a JSON object (`parse_request`'s first half)."""
     try:
         body = await raw_request.body()
     except ClientDisconnect:  # gone before its body arrived: the stock route's quiet 400, no traceback
@@ -148,6 +154,11 @@ async def parse_request(request_model: type[Any], raw_request: Request) -> Any:
         raise _body_error(exc) from None
     if not isinstance(data, dict):
         raise _shape_error(data, None)
+    return data
+
+
+def validate_body(request_model: type[Any], data: dict[str, Any]) -> Any:
+    """`data` as `request_model` (`parse_request`'s second half)."""
     try:
         return request_model.model_validate(data)
     except ValidationError as exc:
@@ -235,7 +246,14 @@ def build_tokens_endpoint(
 
     async def create_tokens_chat_completion(raw_request: Request) -> Any:
         seen = outcome.current()
-        request = await parse_request(request_model, raw_request)
+        try:
+            data = choose_ids(await read_body(raw_request), adapter.fields)
+        except IdFieldsError as exc:
+            seen.refusal = "invalid_request"
+            return error_response(
+                adapter, raw_request, str(exc), exc.param, HTTPStatus.BAD_REQUEST, "BadRequestError"
+            )
+        request = validate_body(request_model, data)
         seen.mode = "prefix_tokens" if request.prefix_tokens is not None else "tokens"
         refusal = refusal_reason(request, adapter.fields)
         if refusal is not None:

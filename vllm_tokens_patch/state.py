@@ -69,8 +69,8 @@ class State:
         if self.request_model is None or self.request_model.__mro__[1] is not base:
             from vllm_tokens_patch.request import build_request_model
 
-            adapter = self.adapter if self.adapter is not None else Adapter()
-            self.request_model = build_request_model(base, adapter.request_class_caches, adapter.fields)
+            caches = self.adapter.request_class_caches if self.adapter is not None else ()
+            self.request_model = build_request_model(base, caches)
         return self.request_model
 
     def is_tokens_request(self, request: Any) -> bool:

@@ -152,6 +152,9 @@ class TokensSwap:
         Returns the call and, for bad ids, this vLLM's client error (the render is then not run).
         """
         call = _Render(request, tokens, self.wants_verify(request))
+        if is_nemo_dialect(request):  # before vLLM renders: 0.10-0.14 check the output length there
+            max_model_len = self.adapter.render_context(serving, args, kwargs).max_model_len
+            self._clamp_output(request, len(tokens), max_model_len)
         if not self.uses_fast_path(request, call.verify):
             return call, None
         context = self.adapter.render_context(serving, args, kwargs)
@@ -183,8 +186,6 @@ class TokensSwap:
             if context is None:
                 context = self.adapter.render_context(serving, args, kwargs)
                 validate_ids(tokens, context)
-            if is_nemo_dialect(request):
-                self._clamp_output(request, len(tokens), context.max_model_len)
             self.adapter.check_length(serving, request, tokens, context)
         except TokensRejected as exc:
             outcome.current().refusal = exc.reason

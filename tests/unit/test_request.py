@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from vllm_tokens_patch.adapters import Adapter
 from vllm_tokens_patch.adapters.base import RequestFields
-from vllm_tokens_patch.id_fields import is_nemo_dialect
+from vllm_tokens_patch.id_fields import IdFieldsError, choose_ids, is_nemo_dialect, prefix_from_messages
 from vllm_tokens_patch.request import build_request_model, refusal_reason
 
 
@@ -103,27 +103,29 @@ GYM_TURN = [
     {"role": "assistant", "content": "yo", "prompt_token_ids": [1, 2], "generation_token_ids": [3, 4]},
     {"role": "user", "content": "again"},
 ]
+FIELDS = RequestFields()
+
+
+def chosen(**body: Any) -> Any:
+    """The body as the route hands it to the request model."""
+    return Model.model_validate(choose_ids({"messages": GYM_TURN, **body}, FIELDS))
 
 
 def test_required_prefix_token_ids_is_prefix_tokens_by_another_name() -> None:
-    request = Model(messages=GYM_TURN, required_prefix_token_ids=[7, 8])
+    request = chosen(required_prefix_token_ids=[7, 8])
     assert (request.prefix_tokens, request.tokens, request.required_prefix_token_ids) == (
         [7, 8],
         None,
         [7, 8],
     )
-    assert is_nemo_dialect(request) and not is_nemo_dialect(Model(messages=GYM_TURN, prefix_tokens=[7]))
+    assert is_nemo_dialect(request) and not is_nemo_dialect(chosen(prefix_tokens=[7]))
 
 
 def test_nemos_dialect_asks_for_the_prompt_ids_back_unless_the_client_said() -> None:
-    told = build_request_model(FakeChatRequest, (), RequestFields())
-    assert told(messages=GYM_TURN, required_prefix_token_ids=[7]).return_token_ids is True
-    assert told(messages=GYM_TURN).return_token_ids is True  # the prefix of the history: the same dialect
-    assert (
-        told(messages=GYM_TURN, required_prefix_token_ids=[7], return_token_ids=False).return_token_ids
-        is False
-    )
-    assert getattr(told(messages=GYM_TURN, prefix_tokens=[7]), "return_token_ids", None) is None
+    assert chosen(required_prefix_token_ids=[7]).return_token_ids is True
+    assert chosen().return_token_ids is True  # the prefix of the history: the same dialect
+    assert chosen(required_prefix_token_ids=[7], return_token_ids=False).return_token_ids is False
+    assert getattr(chosen(prefix_tokens=[7]), "return_token_ids", None) is None
 
 
 @pytest.mark.parametrize(
@@ -135,25 +137,28 @@ def test_nemos_dialect_asks_for_the_prompt_ids_back_unless_the_client_said() -> 
     ],
 )
 def test_two_id_fields_are_refused_by_name(fields: dict[str, Any]) -> None:
-    with pytest.raises(ValidationError, match="given together") as raised:
-        Model(messages=GYM_TURN, **fields)
+    with pytest.raises(IdFieldsError, match="given together") as raised:
+        choose_ids({"messages": GYM_TURN, **fields, "max_tokens": 5}, FIELDS)
     assert all(f"`{name}`" in str(raised.value) for name in fields)
+    assert raised.value.param == list(fields)[1]
+    assert "max_tokens" not in str(raised.value), "NeMo-Gym would read it as a context overflow"
 
 
 def test_the_last_assistant_messages_ids_are_the_prefix() -> None:
-    request = Model(messages=GYM_TURN)
+    request = chosen()
     assert request.prefix_tokens == [1, 2, 3, 4] and is_nemo_dialect(request)
 
 
 def test_an_explicit_field_wins_over_message_ids() -> None:
-    request = Model(messages=GYM_TURN, tokens=[9])
-    assert (request.tokens, request.prefix_tokens) == ([9], None)
+    request = chosen(tokens=[9])
+    assert (request.tokens, request.prefix_tokens) == ([9], None) and not is_nemo_dialect(request)
 
 
 def test_message_ids_on_an_earlier_assistant_only_give_no_prefix() -> None:
     later = [*GYM_TURN, {"role": "assistant", "content": "plain"}, {"role": "user", "content": "x"}]
+    assert choose_ids({"messages": later}, FIELDS) == {"messages": later}
     with pytest.raises(ValidationError, match="exactly one"):
-        Model(messages=later)
+        Model.model_validate({"messages": later})
 
 
 def test_a_consistent_chain_of_calls_is_accepted() -> None:
@@ -164,7 +169,7 @@ def test_a_consistent_chain_of_calls_is_accepted() -> None:
         "generation_token_ids": [6],
     }
     chain = [*GYM_TURN, second, {"role": "user", "content": "c"}]
-    assert Model(messages=chain).prefix_tokens == [1, 2, 3, 4, 5, 6]
+    assert prefix_from_messages(chain) == [1, 2, 3, 4, 5, 6]
 
 
 @pytest.mark.parametrize(
@@ -180,19 +185,20 @@ def test_a_consistent_chain_of_calls_is_accepted() -> None:
 )
 def test_bad_message_ids_name_the_message(carried: dict[str, Any], says: str) -> None:
     messages = [GYM_TURN[0], {"role": "assistant", "content": "yo", **carried}, GYM_TURN[2]]
-    with pytest.raises(ValidationError) as raised:
-        Model(messages=messages)
-    assert says in str(raised.value)
+    with pytest.raises(IdFieldsError) as raised:
+        choose_ids({"messages": messages, "max_tokens": 5}, FIELDS)
+    assert says in str(raised.value) and raised.value.param == "messages"
+    assert "max_tokens" not in str(raised.value)
 
 
 def test_a_rewritten_history_names_both_messages() -> None:
     second = {"role": "assistant", "content": "b", "prompt_token_ids": [1, 2, 9], "generation_token_ids": [6]}
-    with pytest.raises(ValidationError) as raised:
-        Model(messages=[*GYM_TURN, second, {"role": "user", "content": "c"}])
+    with pytest.raises(IdFieldsError) as raised:
+        prefix_from_messages([*GYM_TURN, second, {"role": "user", "content": "c"}])
     assert "`messages[3].prompt_token_ids` does not start with `messages[1]`" in str(raised.value)
 
 
 def test_the_clients_body_is_not_changed() -> None:
     data = {"messages": GYM_TURN, "required_prefix_token_ids": [7]}
-    Model.model_validate(data)
+    choose_ids(data, FIELDS)
     assert data == {"messages": GYM_TURN, "required_prefix_token_ids": [7]}

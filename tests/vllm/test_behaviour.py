@@ -596,7 +596,7 @@ def test_splice_continues_the_final_message_verbatim(run: Any, served: VllmApp, 
 
 SPLICE_BAD_INPUTS = {
     "both-id-lists": Bad(
-        VALIDATION,
+        REFUSAL,
         {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "tokens": [1, 2], "prefix_tokens": [1, 2]},
     ),
     "neither-id-list": Bad(VALIDATION, {"messages": [*FIRST_TURN, ANSWER, *FIRST_TURN], "tokens": None}),

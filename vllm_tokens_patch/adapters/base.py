@@ -320,8 +320,11 @@ class Adapter:
                 "messages": messages,
                 "add_generation_prompt": add_generation_prompt,
                 "continue_final_message": False,
-                "echo": False,
-                "kv_transfer_params": None,  # never let vLLM's reuse branch take this render
+                self.fields.echo: False,
+                self.fields.kv_transfer_params: None,  # never let vLLM's reuse branch take this render
+                # A stand-in is rendered only for its ids: no output length, which vLLM 0.10-0.14 check
+                # against the rendered prompt inside the render (a long one would refuse a short stand-in).
+                **dict.fromkeys(self.fields.max_output),
             }
         )
         rest, named = tuple(args[1:]), dict(kwargs)
