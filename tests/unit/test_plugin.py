@@ -313,6 +313,21 @@ def test_engine_process_import_is_cheap(fake_vllm: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
+def test_doctor_where_vllm_is_missing_says_to_run_it_with_the_servers_python(tmp_path: Path) -> None:
+    """The usual cause is a doctor (and plugin) in another environment than `vllm serve`'s: say what to run
+    instead. A fresh interpreter of this venv, which has no vLLM (no stand-in on PYTHONPATH)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    command = [sys.executable, "-m", "vllm_tokens_patch", "doctor"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if " vllm: " in line]
+    assert line.startswith("  FAIL vllm: vllm cannot be imported by this Python (" + sys.executable), line
+    assert "No module named 'vllm'" in line
+    assert "installed in vLLM's own environment" in line
+    assert "the Python that runs `vllm serve`, `<that python> -m vllm_tokens_patch doctor`" in line
+    assert done.stdout.endswith("doctor: problems found\n")
+
+
 def test_doctor_on_a_sound_layout_and_on_a_renamed_render_method(
     fake_vllm: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
