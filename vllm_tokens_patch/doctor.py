@@ -1,11 +1,12 @@
 """`vllm-tokens-patch doctor`: will the token route work in this environment? Answered without a server.
 
 It reports the installed vLLM (and which distribution provides it), whether vLLM will load the plugin
-(entry point visible, not excluded by `VLLM_PLUGINS`), the adapter the compatibility matrix picks and
-whether that release was tested (and when), every vLLM location the adapter needs, whether the route
-mounts on an app the way vLLM builds it (from 0.15.0), the fast path, and the settings in force. Exit
-status 0 when all is well, 1 otherwise; `--json` for machines. It checks the environment it runs in: where
-vLLM cannot be imported, it tells the user to run it with the Python that runs `vllm serve`.
+(entry point visible, not excluded by `VLLM_PLUGINS`, not `VLLM_TOKENS_PATCH_DISABLE=1`), the adapter the
+compatibility matrix picks and whether that release was tested (and when), every vLLM location the
+adapter needs, whether the route mounts on an app the way vLLM builds it (from 0.15.0), the fast path, and
+the settings in force. Exit status 0 when all is well, 1 otherwise; `--json` for machines. It checks the
+environment it runs in: where vLLM cannot be imported, it tells the user to run it with the Python that
+runs `vllm serve`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vllm_tokens_patch.adapters import Adapter, AdapterMismatch, load
 from vllm_tokens_patch.adapters.base import DISTRIBUTIONS, PLUGIN_FILTER, PLUGIN_GROUP, installed_version
 
 PACKAGE = __name__.partition(".")[0]
+DISABLE = "VLLM_TOKENS_PATCH_DISABLE"
 
 
 @dataclass
@@ -144,6 +146,8 @@ def report() -> Report:
     except settings.SettingsError as exc:
         current = settings.Settings()
         result.add("settings", False, str(exc))
+    if current.disabled:
+        result.add(DISABLE, False, "set: the plugin loads as a no-op and adds no route")
     _entry_point(result)
     try:
         result.vllm_version = installed_version()
@@ -160,7 +164,7 @@ def report() -> Report:
     adapter = load(choice.adapter)
     result.fast_path = adapter.fast_path
     _targets(result, adapter)
-    if all(check.ok for check in result.checks if check.name.startswith("target ")):
+    if not current.disabled and all(check.ok for check in result.checks if check.name.startswith("target ")):
         _mounts(result, adapter, current.route_path, current.stock_route)
     return result
 
