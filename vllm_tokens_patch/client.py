@@ -4,7 +4,8 @@ One HTTP request per turn, no `/tokenize`, no local tokenizer: turn 1 goes to vL
 `return_token_ids` (its prompt is the render anyway); every later turn sends the ids so far
 (`prefix_tokens` = the previous prompt ids + the sampled ids) with the whole conversation, and the server
 splices the new messages on with the model's own chat template. Truncated turns and tool results need
-nothing special. `TokenChatClient` is synchronous, `AsyncTokenChatClient` its asyncio twin.
+nothing special. `TokenChatClient` is synchronous, `AsyncTokenChatClient` its asyncio twin. An error
+answer raises `TokenRouteError` (an `httpx.HTTPStatusError`) carrying the server's reason.
 
 Needs `httpx`: the `[client]` extra (`pip install 'vllm-tokens-patch[client]'`, or `'.[client]'` in a clone).
 """
@@ -26,6 +27,46 @@ except ImportError as exc:  # tests/unit/test_client.py, in a subprocess
     ) from exc
 
 STOCK_ROUTE = "/v1/chat/completions"
+
+
+class TokenRouteError(httpx.HTTPStatusError):
+    """An error answer (any status but 2xx) from the server, with its reason: what both clients raise.
+
+    `status`, and `message`, `type` and `param` from vLLM's OpenAI-style error body (`{"error": {...}}`, or
+    the flat `{"object": "error", ...}` of older releases; a FastAPI `{"detail": "..."}` gives the message
+    only); when the body is none of these, `message` is its raw text. `str()` is the status and the message.
+    An `httpx.HTTPStatusError`, so `except httpx.HTTPStatusError` catches it, with `.request` and `.response`.
+    """
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.status = response.status_code
+        self.message, self.type, self.param = _error_fields(response)
+        request = response.request
+        said = f"{self.status} {response.reason_phrase} from {request.method} {request.url}: {self.message}"
+        super().__init__(said, request=request, response=response)
+
+
+def _text_field(info: dict[str, Any], key: str) -> str | None:
+    value = info.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _error_fields(response: httpx.Response) -> tuple[str, str | None, str | None]:
+    """`message`, `type` and `param` of an error body (see `TokenRouteError`)."""
+    try:
+        body = response.json()
+    except ValueError:  # not JSON (also not UTF-8): a proxy's page, a bare text
+        body = None
+    if isinstance(body, dict):
+        nested = body.get("error")
+        info: dict[str, Any] = nested if isinstance(nested, dict) else body
+        message = _text_field(info, "message")
+        if message is not None:
+            return message, _text_field(info, "type"), _text_field(info, "param")
+        detail = _text_field(body, "detail")
+        if detail is not None:
+            return detail, None, None
+    return response.text.strip() or response.reason_phrase, None, None
 
 
 def token_route() -> str:
@@ -95,7 +136,8 @@ class _Payloads:
 
     @staticmethod
     def _sampled(response: httpx.Response) -> Sampled:
-        response.raise_for_status()
+        if not response.is_success:
+            raise TokenRouteError(response)
         return Sampled(dict(response.json()), dict(response.headers))
 
 

@@ -1,10 +1,12 @@
 """`vllm-tokens-patch doctor`: will the token route work in this environment? Answered without a server.
 
 It reports the installed vLLM (and which distribution provides it), whether vLLM will load the plugin
-(entry point visible, not excluded by `VLLM_PLUGINS`), the adapter the compatibility matrix picks and
-whether that release was tested (and when), every vLLM location the adapter needs, whether the route
-mounts on an app the way vLLM builds it (from 0.15.0), the fast path, and the settings in force. Exit
-status 0 when all is well, 1 otherwise; `--json` for machines.
+(entry point visible, not excluded by `VLLM_PLUGINS`, not `VLLM_TOKENS_PATCH_DISABLE=1`), the adapter the
+compatibility matrix picks and whether that release was tested (and when), every vLLM location the
+adapter needs, whether the route mounts on an app the way vLLM builds it (from 0.15.0), the fast path, and
+the settings in force. Exit status 0 when all is well, 1 otherwise; `--json` for machines. It checks the
+environment it runs in: where vLLM cannot be imported, it tells the user to run it with the Python that
+runs `vllm serve`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +23,7 @@ from vllm_tokens_patch.adapters import Adapter, AdapterMismatch, load
 from vllm_tokens_patch.adapters.base import DISTRIBUTIONS, PLUGIN_FILTER, PLUGIN_GROUP, installed_version
 
 PACKAGE = __name__.partition(".")[0]
+DISABLE = "VLLM_TOKENS_PATCH_DISABLE"
 
 
 @dataclass
@@ -124,6 +128,14 @@ def _mounts(report: Report, adapter: Adapter, route_path: str, stock_route: bool
         report.add("stock route", stocked and failure is None, failure or where)
 
 
+_NO_VLLM = (
+    "vllm cannot be imported by this Python ({python}: {error}). The plugin works only when installed in "
+    "vLLM's own environment: install it there and run the doctor with the Python that runs `vllm serve`, "
+    '`<that python> -m vllm_tokens_patch doctor` (`head -1 "$(command -v vllm)"` names it)'
+)
+"""Where vLLM is missing, the doctor is almost always run in another environment than the server's."""
+
+
 def report() -> Report:
     """Everything the doctor checks, in this process's environment."""
     result = Report(distributions=_distributions())
@@ -134,11 +146,13 @@ def report() -> Report:
     except settings.SettingsError as exc:
         current = settings.Settings()
         result.add("settings", False, str(exc))
+    if current.disabled:
+        result.add(DISABLE, False, "set: the plugin loads as a no-op and adds no route")
     _entry_point(result)
     try:
         result.vllm_version = installed_version()
     except ImportError as exc:
-        result.add("vllm", False, f"vllm cannot be imported: {exc}")
+        result.add("vllm", False, _NO_VLLM.format(python=sys.executable, error=exc))
         return result
     choice = compat.choose(result.vllm_version)
     result.adapter, result.tested = choice.adapter, choice.tested
@@ -150,7 +164,7 @@ def report() -> Report:
     adapter = load(choice.adapter)
     result.fast_path = adapter.fast_path
     _targets(result, adapter)
-    if all(check.ok for check in result.checks if check.name.startswith("target ")):
+    if not current.disabled and all(check.ok for check in result.checks if check.name.startswith("target ")):
         _mounts(result, adapter, current.route_path, current.stock_route)
     return result
 

@@ -9,7 +9,13 @@ from typing import Any
 import httpx
 import pytest
 
-from vllm_tokens_patch.client import AsyncTokenChatClient, Sampled, TokenChatClient, differing_positions
+from vllm_tokens_patch.client import (
+    AsyncTokenChatClient,
+    Sampled,
+    TokenChatClient,
+    TokenRouteError,
+    differing_positions,
+)
 from vllm_tokens_patch.demo import Turn, format_table, rollout
 from vllm_tokens_patch.settings import Settings
 
@@ -117,13 +123,58 @@ def test_assistant_message_keeps_tool_calls() -> None:
     assert Sampled(body, {}).assistant_message() == {"role": "assistant", "content": "", "tool_calls": [call]}
 
 
-def test_http_errors_raise() -> None:
-    def refusing(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(400, json={"error": {"message": "no"}})
+REASON = "nothing after the last assistant message: add the new messages"
+ERROR_ANSWERS = {  # status, body (JSON or bytes) -> message, type, param
+    "nested": (
+        400,
+        {"error": {"message": REASON, "type": "BadRequestError", "param": "prefix_tokens", "code": 400}},
+        (REASON, "BadRequestError", "prefix_tokens"),
+    ),
+    "flat": (  # vLLM 0.10.2's ErrorResponse
+        400,
+        {"object": "error", "message": REASON, "type": "BadRequestError", "param": None, "code": 400},
+        (REASON, "BadRequestError", None),
+    ),
+    "fastapi-detail": (404, {"detail": "Not Found"}, ("Not Found", None, None)),
+    "json-of-another-shape": (500, ["oops"], ('["oops"]', None, None)),
+    "not-json": (502, b"upstream connect error\n", ("upstream connect error", None, None)),
+    "empty": (503, b"", ("Service Unavailable", None, None)),
+}
 
-    client = TokenChatClient("http://server", "m", transport=httpx.MockTransport(refusing))
-    with client, pytest.raises(httpx.HTTPStatusError):
-        client.next_turn([{"role": "user", "content": "a"}], [1])
+
+def answering(status: int, body: Any) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if isinstance(body, bytes):
+            return httpx.Response(status, content=body, headers={"content-type": "text/plain"})
+        return httpx.Response(status, json=body)
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize("case", sorted(ERROR_ANSWERS))
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_an_error_answer_raises_with_the_servers_reason(case: str, twin: str) -> None:
+    """Both clients raise `TokenRouteError` (still an `httpx.HTTPStatusError`) with the server's message,
+    type and param from either of vLLM's error shapes, the raw text otherwise; `str()` says it all."""
+    status, body, (message, kind, param) = ERROR_ANSWERS[case]
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+
+    async def async_turn() -> None:
+        async with AsyncTokenChatClient("http://server/v1", "m", transport=answering(status, body)) as client:
+            await client.next_turn(messages, [1])
+
+    with pytest.raises(httpx.HTTPStatusError) as raised:
+        if twin == "sync":
+            with TokenChatClient("http://server/v1", "m", transport=answering(status, body)) as client:
+                client.next_turn(messages, [1])
+        else:
+            asyncio.run(async_turn())
+    error = raised.value
+    assert isinstance(error, TokenRouteError)
+    assert (error.status, error.message, error.type, error.param) == (status, message, kind, param)
+    assert error.response.status_code == status and error.request.url.path == Settings.route_path
+    reason = httpx.codes.get_reason_phrase(status)
+    assert str(error) == f"{status} {reason} from POST http://server{Settings.route_path}: {message}"
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,6 +144,26 @@ def test_cpu_torch_overrides_pin_the_matching_companions() -> None:
         "torchaudio==2.10.0",
     ]
     assert vllm_cpu_env.cpu_torch_overrides("2.13.0") == ["torch==2.13.0", "torchvision==0.28.0"]
+
+
+@pytest.mark.parametrize("pyyaml", ["installed", "missing"])
+def test_vllm_cpu_env_without_uv_says_how_to_get_it(tmp_path: Path, pyyaml: str) -> None:
+    """`python -m tools.vllm_cpu_env VENV` from the checkout's root, with no uv on PATH: one line saying how
+    to get it and a non-zero exit, not a traceback (with PyYAML; without it, the tool would re-run itself
+    under `uv run`)."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    if pyyaml == "installed":
+        command = [sys.executable, "-m", "tools.vllm_cpu_env", str(tmp_path / "venv")]
+    else:  # what `-m` does, with PyYAML made unimportable first
+        block = "import runpy, sys; sys.modules['yaml'] = None; "
+        run = "runpy.run_module('tools.vllm_cpu_env', run_name='__main__', alter_sys=True)"
+        command = [sys.executable, "-c", block + run, str(tmp_path / "venv")]
+    env = {**os.environ, "PATH": str(empty)}
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr, done.stdout) == (1, vllm_cpu_env.UV_MISSING + "\n", "")
+    assert "get it with: python3 -m pip install uv" in vllm_cpu_env.UV_MISSING
+    assert not (tmp_path / "venv").exists()
 
 
 # --- adapter ranges in the docs ----------------------------------------------------------------------------

@@ -313,6 +313,54 @@ def test_engine_process_import_is_cheap(fake_vllm: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
 
 
+def test_doctor_where_vllm_is_missing_says_to_run_it_with_the_servers_python(tmp_path: Path) -> None:
+    """The usual cause is a doctor (and plugin) in another environment than `vllm serve`'s: say what to run
+    instead. A fresh interpreter of this venv, which has no vLLM (no stand-in on PYTHONPATH)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    command = [sys.executable, "-m", "vllm_tokens_patch", "doctor"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if " vllm: " in line]
+    assert line.startswith("  FAIL vllm: vllm cannot be imported by this Python (" + sys.executable), line
+    assert "No module named 'vllm'" in line
+    assert "installed in vLLM's own environment" in line
+    assert "the Python that runs `vllm serve`, `<that python> -m vllm_tokens_patch doctor`" in line
+    assert done.stdout.endswith("doctor: problems found\n")
+
+
+@pytest.mark.parametrize(
+    ("environ", "failed", "says"),
+    [
+        ({"VLLM_PLUGINS": "lora_resolver"}, "VLLM_PLUGINS", "'lora_resolver' excludes tokens_patch"),
+        ({"VLLM_PLUGINS": "lora_resolver,tokens_patch"}, None, "_patch' lists tokens_patch"),
+        ({"VLLM_TOKENS_PATCH_DISABLE": "1"}, "VLLM_TOKENS_PATCH_DISABLE", "the plugin loads as a no-op"),
+    ],
+)
+def test_doctor_names_what_keeps_the_route_off(
+    fake_vllm: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    environ: dict[str, str],
+    failed: str | None,
+    says: str,
+) -> None:
+    """The two settings behind a route that answers 404 (README: "The route answers 404?")."""
+    from vllm_tokens_patch.__main__ import main
+
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    settings.current.cache_clear()
+    try:
+        status = main(["doctor", "--json"])
+    finally:
+        settings.current.cache_clear()
+    assert status == (0 if failed is None else 1)
+    report = json.loads(capsys.readouterr().out)
+    failures = [check["name"] for check in report["checks"] if check["ok"] is False]
+    assert failures == ([failed] if failed else []), report["checks"]
+    assert any(says in check["detail"] for check in report["checks"]), report["checks"]
+
+
 def test_doctor_on_a_sound_layout_and_on_a_renamed_render_method(
     fake_vllm: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
