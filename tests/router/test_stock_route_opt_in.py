@@ -18,10 +18,11 @@ from vllm_tokens_patch_testbed.e2e_suite import API_KEY, MESSAGES, post
 from vllm_tokens_patch_testbed.router import Router
 from vllm_tokens_patch_testbed.router_suite import AUTH, Replicas, replica_pair, vllm_router
 
+from vllm_tokens_patch import settings
 from vllm_tokens_patch.headers import FIRST_MISMATCH_HEADER, SPLICE_HEADER, VERIFICATION_HEADER
 
 STOCK_ROUTE = "/v1/chat/completions"
-OPT_IN = {"VLLM_TOKENS_PATCH_STOCK_ROUTE": "1"}
+OPT_IN = {settings.STOCK_ROUTE: "1"}
 WRONG = {"Authorization": "Bearer not-the-key"}
 
 
@@ -151,3 +152,11 @@ def test_splice_rollout_on_the_stock_path_across_replicas(
             messages.append({"role": "user", "content": follow_ups[turn]})
             extra = {str(fields[turn + 1]): prompt + sampled}
     assert all(a != b for a, b in itertools.pairwise(served_by)), served_by
+
+
+def test_each_server_says_the_stock_path_takes_the_token_fields_at_start_up(replicas: Replicas) -> None:
+    """The start-up line names the opt-in, once per API server (read from each server's own log)."""
+    line = f"also on POST {STOCK_ROUTE} ({settings.STOCK_ROUTE}=1)"
+    for server in replicas.servers:
+        logged = server.log_path.read_text(errors="replace")
+        assert logged.count(line) == 1, server.log_path
