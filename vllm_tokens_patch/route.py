@@ -289,34 +289,26 @@ def add_route(
     app: FastAPI, path: str, endpoint: Endpoint, json_validator: Callable[..., Any] | None
 ) -> BaseRoute:
     """Add `POST path` to vLLM's app and return the route object (kept for `unpatch`)."""
-    app.add_api_route(
-        path,
-        endpoint,
-        methods=["POST"],
-        dependencies=_dependencies(json_validator),
-        response_model=None,
-        name=endpoint.__name__,
-        summary=SUMMARY,
-    )
+    app.add_api_route(path, endpoint, **_route_options(endpoint, json_validator))
     route: BaseRoute = app.router.routes[-1]
     return route
 
 
 def unmounted_route(path: str, endpoint: Endpoint, json_validator: Callable[..., Any] | None) -> APIRoute:
     """A route object for `endpoint` that no app lists (the stock-route dispatch calls its ASGI app)."""
-    return APIRoute(
-        path,
-        endpoint,
-        methods=["POST"],
-        dependencies=_dependencies(json_validator),
-        response_model=None,
-        name=endpoint.__name__,
-        summary=SUMMARY,
-    )
+    return APIRoute(path, endpoint, **_route_options(endpoint, json_validator))
 
 
-def _dependencies(json_validator: Callable[..., Any] | None) -> list[Any] | None:
-    return [Depends(json_validator)] if json_validator is not None else None
+def _route_options(endpoint: Endpoint, json_validator: Callable[..., Any] | None) -> dict[str, Any]:
+    """What both kinds of route are made with: POST, vLLM's JSON content-type check, no response model."""
+    dependencies = [Depends(json_validator)] if json_validator is not None else None
+    return {
+        "methods": ["POST"],
+        "dependencies": dependencies,
+        "response_model": None,
+        "name": endpoint.__name__,
+        "summary": SUMMARY,
+    }
 
 
 def remove_route(app: FastAPI, route: BaseRoute) -> None:
