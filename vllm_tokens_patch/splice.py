@@ -25,6 +25,10 @@ render differs must lie in the seam. No difference at all means the template ren
 (the stock route drops it alike). Otherwise the splice is refused naming the messages that move (one
 render per new message, only then), so the common case costs one render more and never a wrong prompt.
 
+A common client mistake is refused rather than spliced: `prefix_tokens` that end where a prompt ends (the
+previous `prompt_token_ids` without the sampled `token_ids`) while the last assistant message has
+content would put an empty assistant turn in the prompt; `_refuse_a_bare_prompt` answers it with a 400.
+
 Seam rule: if the last prefix id is the first id of the seam (the model sampled `<|im_end|>`, or, GLM-style,
 the next role marker), it is not added twice; otherwise (a truncated turn, another stop id) the whole seam
 follows the sampled ids. This module is sans-I/O: `plan` yields `RenderAsk`s and is sent the rendered ids,
@@ -331,4 +335,37 @@ def plan(
     if calls:
         seam = yield from _seam_for_calls(context, new, add_generation_prompt, list(calls), seam, first_new)
     assert seam is not None
+    if _has_content(messages[assistants[-1]]) and (not add_generation_prompt or prefix[-1:] == seam[-1:]):
+        yield from _refuse_a_bare_prompt(context, prefix)
     return _join(prefix, seam)
+
+
+def _has_content(message: Any) -> bool:
+    """The assistant message says something (text, parts or tool calls): the model sampled ids for it."""
+    content = _field(message, "content")
+    return bool(content) or bool(_field(message, "tool_calls"))
+
+
+def _refuse_a_bare_prompt(
+    context: list[dict[str, Any]], prefix: list[int]
+) -> Generator[RenderAsk, list[int], None]:
+    """Refuse `prefix_tokens` that end where a prompt ends (the previous response's `prompt_token_ids`
+    alone) while the last assistant message has content: the sampled ids are missing, and the splice would
+    add an empty assistant turn after the prompt. A prompt's end is what the template emits after a user
+    message's content with the generation prompt (two stand-in renders that differ only in that content:
+    ChatML's `<|im_end|>\n<|im_start|>assistant\n`, Mistral's `[/INST]`). Asked only when the prefix's last
+    id is the seam's last, so a normal turn costs nothing more."""
+    users = [[*context[:-1], {"role": "user", "content": content}] for content in STAND_IN_CONTENTS]
+    try:
+        first = yield RenderAsk(copy.deepcopy(users[0]), True)
+        second = yield RenderAsk(copy.deepcopy(users[1]), True)
+    except RenderRefused:
+        return
+    end = common_suffix_length(first, second)
+    if end and end < len(first) and prefix[-end:] == first[-end:]:
+        raise SpliceError(
+            "`prefix_tokens` end where a prompt ends, but the last assistant message has content: the ids "
+            "the model sampled for it are missing. Send `prefix_tokens` = the previous response's "
+            "`prompt_token_ids` + `choices[0].token_ids`",
+            param="prefix_tokens",
+        )

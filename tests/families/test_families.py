@@ -462,3 +462,7 @@ def test_refused(tokenizers: dict[str, Any], name: str) -> None:
         splice_with(
             tokenizer, [*history, _user("Go on.")], prefix, continue_final_message=True, **family.kwargs
         )
+    # Issue 18: the previous prompt's ids without the sampled ones, in every family's real template.
+    with pytest.raises(SpliceError, match=r"`prompt_token_ids` \+ `choices\[0\]\.token_ids`") as bare:
+        splice_with(tokenizer, [*history, _user("Go on.")], prefix, **family.kwargs)
+    assert bare.value.param == "prefix_tokens"

@@ -185,3 +185,39 @@ def test_one_shot_tool_calls_are_kept_for_the_requests_own_render() -> None:
     assert renders == 7  # a turn with tool calls also measures its close with those calls (+1: the proof)
     assert result.close == "sampled"
     assert result.bridge == render(messages, True)[len(render(messages[:2], False)) - 1 :]  # after <|im_end|>
+
+
+PROMPT = render(HISTORY[:1], True)
+"""Turn 1's `prompt_token_ids`: the user turn and the generation prompt."""
+NEXT = [*HISTORY, {"role": "user", "content": "more"}]
+
+
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_a_prefix_without_the_sampled_ids_is_refused(add_generation_prompt: bool) -> None:
+    """Issue 18: `prefix_tokens` = the previous `prompt_token_ids` alone (the sampled ids forgotten) would
+    splice an empty assistant turn after the prompt; it is a 400 that says what to send."""
+    with pytest.raises(splice.SpliceError) as refused:
+        run(NEXT, PROMPT, add_generation_prompt=add_generation_prompt)
+    assert refused.value.param == "prefix_tokens"
+    assert "`prompt_token_ids` + `choices[0].token_ids`" in str(refused.value)
+
+
+def test_the_prompt_with_its_sampled_ids_is_spliced_at_no_extra_cost() -> None:
+    result, renders = run(NEXT, [*PROMPT, *(ord(c) for c in "yo"), END])
+    assert (renders, result.close) == (3, "sampled")
+
+
+def test_an_empty_assistant_turn_after_the_prompt_is_spliced() -> None:
+    """Nothing was sampled into the message (e.g. an immediate stop): the prefix may end at the prompt."""
+    empty = [HISTORY[0], {"role": "assistant", "content": ""}, NEXT[-1]]
+    result, _ = run(empty, PROMPT)
+    assert result.close == "added"
+
+
+def test_a_truncated_turn_ending_like_the_prompt_costs_two_renders_more_and_is_spliced() -> None:
+    """The last sampled id equals the generation prompt's last id (`:`), but the prefix does not end
+    with the whole prompt: checked, not refused."""
+    prefix = [*PROMPT, *(ord(c) for c in "yo:")]
+    result, renders = run(NEXT, prefix)
+    assert (renders, result.close) == (5, "added")
+    assert prefix + result.bridge == [*prefix, END, 10, *render(NEXT[-1:], True)]

@@ -594,6 +594,24 @@ def test_splice_continues_the_final_message_verbatim(run: Any, served: VllmApp, 
     assert response.headers[SPLICE_HEADER] == f"prefix={len(prefix)}; bridge=0; close=none"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_prefix_without_the_sampled_ids_is_a_400_that_says_what_to_send(
+    run: Any, served: VllmApp, stock_errors: dict[str, Any], mode: dict[str, Any], stream: bool
+) -> None:
+    """Issue 18: `prefix_tokens` = turn 1's `prompt_token_ids` alone (the client forgot `token_ids`) would
+    splice an empty assistant turn after the prompt; it is refused before anything reaches the engine."""
+    history, new = SPLICE_CASES["user-turn"]
+    prompt = rendered(run, served, FIRST_TURN, True)  # turn 1's prompt_token_ids, generation prompt last
+    seen = len(served.engine.prompts)
+    payload = body(served, [*history, *new], prefix_tokens=prompt, stream=stream, **mode)
+    info = assert_vllm_error(post(run, served, ROUTE, payload), 400, like=stock_errors[REFUSAL])
+    assert "`prompt_token_ids` + `choices[0].token_ids`" in info["message"], info
+    assert len(served.engine.prompts) == seen, "nothing may reach the engine"
+    answer = served.tokenizer.encode(ANSWER["content"], add_special_tokens=False)
+    sampled = [*prompt, *answer, special_id(served, "<|im_end|>")]  # with the sampled ids: spliced
+    assert post(run, served, ROUTE, {**payload, "prefix_tokens": sampled}).status_code == 200
+
+
 SPLICE_BAD_INPUTS = {
     "both-id-lists": Bad(
         REFUSAL,
