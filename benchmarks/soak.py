@@ -57,9 +57,9 @@ from typing import Any
 
 import httpx
 from vllm_tokens_patch_testbed.serve import VllmServer
-from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
 
 from vllm_tokens_patch.settings import Settings
+from vllm_tokens_patch.tiny_model import build_tiny_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

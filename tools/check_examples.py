@@ -1,7 +1,7 @@
-"""The README's example code blocks are the files in examples/, verbatim (tests/e2e/test_examples.py runs
-them).
+"""The example code blocks of README.md and docs/*.md are the files in examples/, verbatim
+(tests/e2e/test_examples.py runs them).
 
-In README.md each example sits between `<!-- example: examples/NAME -->` and `<!-- example-end -->` as one
+In those pages each example sits between `<!-- example: examples/NAME -->` and `<!-- example-end -->` as one
 fenced block. `python -m tools.check_examples` exits 1 when a block differs from its file, names a missing
 file, or a file in examples/ is in no block (the lint session runs it); `--write` copies the files in.
 """
@@ -24,19 +24,26 @@ def fenced(path: Path) -> str:
     return f"```{LANGUAGE.get(path.suffix, '')}\n{path.read_text(encoding='utf-8')}```\n"
 
 
-def problems(readme: str) -> list[str]:
+def pages() -> list[Path]:
+    """The pages that show examples: README.md and the docs."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def problems(texts: dict[str, str]) -> list[str]:
+    """What is wrong with the example blocks of `texts` (page name -> its text)."""
     found: list[str] = []
     shown = set()
-    for match in BLOCK.finditer(readme):
-        path = ROOT / match["path"]
-        shown.add(path)
-        if not path.is_file():
-            found.append(f"README shows {match['path']}, which does not exist")
-        elif match["body"] != fenced(path):
-            found.append(f"README's block for {match['path']} differs from the file (run with --write)")
+    for name, text in texts.items():
+        for match in BLOCK.finditer(text):
+            path = ROOT / match["path"]
+            shown.add(path)
+            if not path.is_file():
+                found.append(f"{name} shows {match['path']}, which does not exist")
+            elif match["body"] != fenced(path):
+                found.append(f"{name}'s block for {match['path']} differs from the file (run with --write)")
     for path in sorted(EXAMPLES.iterdir()):
         if path.is_file() and path not in shown:
-            found.append(f"{path.relative_to(ROOT)} is in no README block (<!-- example: ... -->)")
+            found.append(f"{path.relative_to(ROOT)} is in no example block (<!-- example: ... -->)")
     return found
 
 
@@ -50,12 +57,14 @@ def write(readme: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    readme_path = ROOT / "README.md"
-    readme = readme_path.read_text(encoding="utf-8")
-    if "--write" in argv:
-        readme = write(readme)
-        readme_path.write_text(readme, encoding="utf-8")
-    found = problems(readme)
+    texts = {}
+    for page in pages():
+        text = page.read_text(encoding="utf-8")
+        if "--write" in argv:
+            text = write(text)
+            page.write_text(text, encoding="utf-8")
+        texts[page.relative_to(ROOT).as_posix()] = text
+    found = problems(texts)
     for problem in found:
         print(problem, file=sys.stderr)
     return 1 if found else 0

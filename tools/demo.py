@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from vllm_tokens_patch_testbed.serve import VllmServer
-from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
 
 from vllm_tokens_patch import demo
+from vllm_tokens_patch.tiny_model import build_tiny_model
 
 from . import ROOT
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from vllm_tokens_patch.compat import Matrix, parse_version
 
 from .matrix_file import load
-from .readme_table import TABLE_BEGIN, TABLE_END
+from .matrix_table import TABLE_BEGIN, TABLE_END
 
 __all__ = ["DOCS_CONVENTION", "adapter_ranges", "check_docs", "current_changelog_section"]
 
@@ -94,8 +94,8 @@ def current_changelog_section(text: str) -> str:
 
 
 def check_docs(root: Path) -> list[str]:
-    """Every adapter range stated in the adapters' docstrings, README.md (outside the generated table),
-    docs/architecture.md and the CHANGELOG's current section, against the matrix (see DOCS_CONVENTION)."""
+    """Every adapter range stated in the adapters' docstrings, README.md, the pages of docs/ (outside the
+    generated table) and the CHANGELOG's current section, against the matrix (see DOCS_CONVENTION)."""
     ranges = adapter_ranges(load(root / "compat_matrix.yaml"))
     problems = []
     modules = sorted((root / "vllm_tokens_patch" / "adapters").glob("*.py"))
@@ -115,14 +115,13 @@ def check_docs(root: Path) -> list[str]:
             problems.append(
                 f"{where}: docstring says vLLM {a} - {b}, the matrix says {' - '.join(ranges[path.stem])}"
             )
-    readme = (root / "README.md").read_text(encoding="utf-8")
-    begin, end = readme.find(TABLE_BEGIN), readme.find(TABLE_END)
-    if 0 <= begin < end:
-        readme = readme[:begin] + "\n" * readme[begin:end].count("\n") + readme[end:]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        begin, end = text.find(TABLE_BEGIN), text.find(TABLE_END)
+        if 0 <= begin < end:  # the generated table is checked by `check-table`
+            text = text[:begin] + "\n" * text[begin:end].count("\n") + text[end:]
+        problems += _range_problems(page.relative_to(root).as_posix(), text, ranges)
     changelog = current_changelog_section((root / "CHANGELOG.md").read_text(encoding="utf-8"))
-    problems += _range_problems("README.md", readme, ranges)
-    problems += _range_problems(
-        "docs/architecture.md", (root / "docs" / "architecture.md").read_text("utf-8"), ranges
-    )
     problems += _range_problems("CHANGELOG.md (current section)", changelog, ranges)
     return problems

@@ -3,7 +3,7 @@
     python -m tools.matrix_tools check-table | check-docs | check-adapters-executed COVERAGE_JSON
 
 Each job is its own module: `matrix_file` (reading and writing the matrix and its results),
-`session_results` (recording session results), `readme_table`, `doc_ranges`, `adapter_coverage`.
+`session_results` (recording session results), `matrix_table`, `doc_ranges`, `adapter_coverage`.
 """
 
 from __future__ import annotations
@@ -16,17 +16,17 @@ from . import ROOT
 from .adapter_coverage import unexecuted_adapters
 from .doc_ranges import DOCS_CONVENTION, check_docs
 from .matrix_file import load
-from .readme_table import render_table
+from .matrix_table import TABLE_DOC, render_table
 
 
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else ""
     matrix = ROOT / "compat_matrix.yaml"
     if command == "check-table":
-        readme = (ROOT / "README.md").read_text(encoding="utf-8")
-        if render_table(load(matrix)) in readme:
+        doc = (ROOT / TABLE_DOC).read_text(encoding="utf-8")
+        if render_table(load(matrix)) in doc:
             return 0
-        print("README.md: the compatibility table is not compat_matrix.yaml's (run `nox -s matrix-table`)")
+        print(f"{TABLE_DOC}: the compatibility table is not compat_matrix.yaml's (run `nox -s matrix-table`)")
         return 1
     if command == "check-docs":
         problems = check_docs(ROOT)

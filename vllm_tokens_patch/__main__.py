@@ -1,4 +1,5 @@
-"""`python -m vllm_tokens_patch doctor [--json]` (also the `vllm-tokens-patch` console script)."""
+"""`python -m vllm_tokens_patch doctor [--json]` and `... tiny-model DIR` (also the `vllm-tokens-patch`
+console script)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     doctor = commands.add_parser("doctor", help="check this environment without starting a server")
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    tiny = commands.add_parser(
+        "tiny-model", help="write a tiny random Llama (tokenizer, ChatML template, config, weights) to DIR"
+    )
+    tiny.add_argument("dir", help="where to write it (created; existing files are overwritten)")
     args = parser.parse_args(argv)
+    if args.command == "tiny-model":
+        from pathlib import Path
+
+        from vllm_tokens_patch.tiny_model import build_tiny_model
+
+        print(build_tiny_model(Path(args.dir).expanduser()).resolve())
+        return 0
 
     from vllm_tokens_patch import doctor as checks
 

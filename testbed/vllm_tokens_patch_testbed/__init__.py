@@ -3,7 +3,7 @@ demo and the benchmarks run on. Importing it imports nothing; each module import
 
 - `harness`: vLLM's real app (this release's arg parser, config, `build_app`, `init_app_state`) with a
   fake engine that records the prompt it is fed
-- `serve`: a real `vllm serve` subprocess; `tiny_model`: a tiny offline model for it
+- `serve`: a real `vllm serve` subprocess (for the tiny offline model of `vllm_tokens_patch.tiny_model`)
 - `doctor_cli`, `vllm_errors`: the doctor's report in a fresh interpreter; vLLM's error format
 - `vllm_suite`, `e2e_suite`: what the conftest and the test modules of tests/vllm and tests/e2e share
 - `family_templates`, `splice_driver`: our chat-template families and the splice driver of tests/families

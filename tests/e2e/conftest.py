@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from vllm_tokens_patch_testbed.e2e_suite import API_KEY, ARTIFACTS, MESSAGES, post
 from vllm_tokens_patch_testbed.serve import VllmServer
-from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
+
+from vllm_tokens_patch.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="session")

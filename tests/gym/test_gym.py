@@ -17,9 +17,9 @@ import pytest
 from vllm_tokens_patch_testbed.e2e_suite import API_KEY, ARTIFACTS
 from vllm_tokens_patch_testbed.gym_driver import TURNS
 from vllm_tokens_patch_testbed.serve import VllmServer
-from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
 
 from vllm_tokens_patch.settings import STOCK_ROUTE as OPT_IN
+from vllm_tokens_patch.tiny_model import build_tiny_model
 
 GYM_CHECK_FAILED = "do not start with required_prefix_token_ids"
 """The end of nemo-gym 0.7.0's own RuntimeError (responses_api_models/vllm_model/app.py:879-886)."""

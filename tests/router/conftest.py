@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
+
+from vllm_tokens_patch.tiny_model import build_tiny_model
 
 
 @pytest.fixture(scope="session")

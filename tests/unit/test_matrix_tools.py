@@ -9,15 +9,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tools import adapter_coverage, doc_ranges, matrix_file, readme_table, session_results, vllm_cpu_env
+from tools import (
+    adapter_coverage,
+    check_links,
+    doc_ranges,
+    matrix_file,
+    matrix_table,
+    session_results,
+    vllm_cpu_env,
+)
 from vllm_tokens_patch import compat
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_readme_table_is_generated_from_the_matrix() -> None:
-    table = readme_table.render_table(matrix_file.load(ROOT / "compat_matrix.yaml"))
-    assert table in (ROOT / "README.md").read_text(encoding="utf-8")
+def test_matrix_table_is_generated_from_the_matrix() -> None:
+    table = matrix_table.render_table(matrix_file.load(ROOT / "compat_matrix.yaml"))
+    assert table in (ROOT / matrix_table.TABLE_DOC).read_text(encoding="utf-8")
     assert table.count("\n") == len(matrix_file.load(ROOT / "compat_matrix.yaml").releases) + 1
 
 
@@ -29,7 +37,7 @@ def test_the_table_sorts_pre_releases_by_pep_440() -> None:
     )
     matrix = compat.parse_matrix(text.replace("releases:\n", "releases:\n" + extra))
     versions = [
-        row.split(" | ")[0].removeprefix("| ") for row in readme_table.render_table(matrix).splitlines()[2:]
+        row.split(" | ")[0].removeprefix("| ") for row in matrix_table.render_table(matrix).splitlines()[2:]
     ]
     newest = matrix_file.load(ROOT / "compat_matrix.yaml").newest_supported.version
     assert versions[:2] == ["0.9.2", "0.10.2"] and versions[-3:] == [newest, "99.0.0rc1", "99.0.0"]
@@ -170,7 +178,12 @@ def test_vllm_cpu_env_without_uv_says_how_to_get_it(tmp_path: Path, pyyaml: str)
 
 NEWEST = matrix_file.load(ROOT / "compat_matrix.yaml").newest_supported.version
 """The newest row: the last release of the newest adapter (so a new row needs no edit here)."""
-DOC_FILES = ["compat_matrix.yaml", "README.md", "CHANGELOG.md", "docs/architecture.md"]
+DOC_FILES = [
+    "compat_matrix.yaml",
+    "README.md",
+    "CHANGELOG.md",
+    *(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md")),
+]
 
 
 @pytest.fixture
@@ -209,8 +222,8 @@ def test_a_new_release_makes_every_stale_statement_fail(tree: Path) -> None:
     assert all(f"{NEWEST}, the matrix says 0.27.0 - 99.0.0" in p for p in problems), problems
     assert [p.split(":")[0] for p in problems] == [
         "vllm_tokens_patch/adapters/render_chat_request_v0_27.py",
-        "README.md",
         "docs/architecture.md",
+        "docs/reference.md",  # the adapters table of "How it works"
         "CHANGELOG.md (current section)",  # the fast-path entry
         "CHANGELOG.md (current section)",  # the list of adapters
     ]
@@ -225,14 +238,14 @@ def test_loose_range_statements_fail(tree: Path) -> None:
         "- On 0.15.0-0.15.1: `preprocess_chat_v0_10`",
     )
     edit(
-        tree / "README.md",
+        tree / "docs/reference.md",
         "| 0.15.0 - 0.15.1 | `render_chat_request_v0_15` |",
         "| 0.15.x | `render_chat_request_v0_15` |",
     )
     problems = doc_ranges.check_docs(tree)
     assert [p.split(": ", 1)[1] for p in problems] == [
-        "`render_chat_request_v0_15`: the row states no range A - B",
         "`preprocess_chat_v0_13` 0.13-0.14: write full X.Y.Z versions",
+        "`render_chat_request_v0_15`: the row states no range A - B",
         "range 0.15.0-0.15.1 next to an adapter name, not as `name` (A-B)",
     ]
 
@@ -253,7 +266,7 @@ def test_older_changelog_sections_and_the_generated_table_are_not_checked(tree: 
         changelog.read_text() + "\n## 0.0.9\n\n- `render_chat_request_v0_27` (0.27.0-0.28.0).\n"
     )
     old = f"| {NEWEST} | `render_chat_request_v0_27` |"
-    edit(tree / "README.md", old, f"| {NEWEST} - 99.0.0 | `render_chat_request_v0_27` |")
+    edit(tree / matrix_table.TABLE_DOC, old, f"| {NEWEST} - 99.0.0 | `render_chat_request_v0_27` |")
     assert doc_ranges.check_docs(tree) == []
     changelog.write_text(
         "# Changelog\n\n## 0.1.1 (unreleased)\n\n- `render_chat_request_v0_27` (0.27.0-0.28.0).\n"
@@ -298,3 +311,26 @@ def test_an_adapter_counts_as_executed_only_if_its_code_ran_on_a_release_of_its_
         "vllm_tokens_patch/adapters/render_chat_request_v0_15.py",  # ran as v0_16's base only
         "vllm_tokens_patch/adapters/render_chat_request_v0_16.py",  # not measured at all
     ]
+
+
+# --- links between README and docs ---------------------------------------------------------------------
+
+
+def test_links_of_readme_and_docs_reach_their_files_and_headings(tmp_path: Path) -> None:
+    assert check_links.problems(ROOT) == []
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "CONTRIBUTING.md").write_text(
+        "[ok](docs/page.md#settings-environment-read-by-every-vllm-process)\n"
+    )
+    (tmp_path / "CHANGELOG.md").write_text("[web](https://example.com/x) `[not](a link)`\n")
+    (tmp_path / "README.md").write_text(
+        "[gone](docs/gone.md) [moved](docs/page.md#tests)\n```\n# Tests\n```\n"
+    )
+    (tmp_path / "docs" / "page.md").write_text(
+        "# Page\n\n## Settings (environment, read by every vLLM process)\n\n[back](../README.md)\n"
+    )
+    assert check_links.problems(tmp_path) == [
+        "README.md: link to docs/gone.md: no such file",
+        "README.md: link to docs/page.md#tests: no such heading in docs/page.md",
+    ]
+    assert check_links.anchor("NeMo-Gym / NeMo-RL") == "nemo-gym--nemo-rl"

@@ -143,7 +143,7 @@ def test_the_readme_tool_command_runs_from_the_checkout() -> None:
     """`python3 -m tools.vllm_cpu_env ~/vllm-cpu-env` as the README gives it (with `--help`: nothing is
     installed), run in the checkout's root with this venv's python, which has the tool's PyYAML."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "    python3 -m tools.vllm_cpu_env ~/vllm-cpu-env" in readme
+    assert "\npython3 -m tools.vllm_cpu_env ~/vllm-cpu-env " in readme  # examples/cpu_quickstart.sh
     command = [sys.executable, "-m", "tools.vllm_cpu_env", "--help"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr

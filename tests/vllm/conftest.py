@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 from vllm_tokens_patch_testbed.harness import VllmApp, build_vllm_app
-from vllm_tokens_patch_testbed.tiny_model import build_tiny_model
 
 # Takes PRISTINE on import: before any app is built (vLLM loads the plugin then).
 from vllm_tokens_patch_testbed.vllm_suite import API_KEY, MAX_MODEL_LEN, MODES, LoggerRecords
 
 from vllm_tokens_patch import settings
+from vllm_tokens_patch.tiny_model import build_tiny_model
 
 
 def pytest_configure(config: pytest.Config) -> None:
