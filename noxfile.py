@@ -120,9 +120,22 @@ def _pytest(session: nox.Session, *args: str, env: dict[str, str] | None = None)
 
 @nox.session(tags=["ci"])
 def unit(session: nox.Session) -> None:
-    """Version-free logic with no vLLM installed."""
+    """Version-free logic with no vLLM installed (the Redis memory store: `nox -s memory-redis`)."""
     session.install(*REINSTALL_OURS, ".", *UNIT_DEPS, "coverage")
-    _pytest(session, "tests/unit")
+    _pytest(session, "tests/unit", f"--ignore={REDIS_TESTS}")
+
+
+REDIS_TESTS = "tests/unit/test_memory_store_redis.py"
+
+
+@nox.session(name="memory-redis", tags=["ci"])
+def memory_redis(session: nox.Session) -> None:
+    """The conversation memory's Redis store against a real `redis-server` (Debian's `redis-server`
+    package; `.ci/run` installs it): the same store tests as SQLite, plus Redis's own."""
+    if shutil.which("redis-server") is None:
+        session.error("redis-server is not on PATH: apt-get install -y redis-server")
+    session.install(*REINSTALL_OURS, ".", *UNIT_DEPS, "redis>=5.0.1", "coverage")
+    _pytest(session, REDIS_TESTS, env={"VLLM_TOKENS_PATCH_TEST_REDIS": "1"})
 
 
 @nox.session(tags=["ci"])
@@ -181,6 +194,7 @@ def typecheck(session: nox.Session) -> None:
         "tokenizers",  # tiny_model
         "numpy",
         "safetensors",
+        "redis>=5.0.1",  # memory_store's Redis backend (imported only when configured)
     )
     session.run("mypy", "--strict", "vllm_tokens_patch")
 

@@ -49,6 +49,8 @@ REASON_OF_PARAM = {"messages": "multimodal"}
 POSITION_BUCKETS = (0.0, *(float(2**power) for power in range(18)))
 """First-mismatch index buckets: 0 (the first id differs), then powers of two up to 131072 (and +Inf)."""
 MISMATCH_SERIES = f'{PREFIX}verifications_total{{result="mismatch"}}'
+MEMORY_RESULTS = ("hit", "no_history", "unknown", "ambiguous", "unkeyable", "token_fields", "not_json")
+"""Conversation-memory lookups: a hit, or the reason of a miss (`memory.Lookup.reason`)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class Metrics:
     refusals: Counter
     splices: Counter
     first_mismatch: Histogram
+    memory_lookups: Counter
+    memory_records: Counter
+    memory_evictions: Counter
 
 
 _lock = threading.Lock()
@@ -137,6 +142,18 @@ def _create() -> Metrics:
             "On a mismatch: the first index at which the engine's ids differ from vLLM's render.",
             buckets=POSITION_BUCKETS,
         ),
+        memory_lookups=counter(
+            "memory_lookups",
+            "Conversation-memory lookups (VLLM_TOKENS_PATCH_MEMORY): hit, or why not.",
+            ("result",),
+            *((result,) for result in MEMORY_RESULTS),
+        ),
+        memory_records=counter(
+            "memory_records", "Branches the conversation memory recorded (one per choice).", ()
+        ),
+        memory_evictions=counter(
+            "memory_evictions", "Entries the conversation memory's local store evicted (size, age).", ()
+        ),
     )
 
 
@@ -157,6 +174,19 @@ def record(seen: Outcome) -> None:
             metrics.first_mismatch.observe(verification.first_mismatch)
     if seen.splice is not None:
         metrics.splices.labels(seen.splice.close).inc()
+
+
+def count_memory(result: str | None = None, records: int = 0, evictions: int = 0) -> None:
+    """Count a conversation-memory lookup (`result`), recorded branches and evictions."""
+    metrics = get()
+    if metrics is None:
+        return
+    if result is not None:
+        metrics.memory_lookups.labels(result).inc()
+    if records:
+        metrics.memory_records.inc(records)
+    if evictions:
+        metrics.memory_evictions.inc(evictions)
 
 
 def outcome(status: int) -> str:

@@ -107,13 +107,16 @@ def mount(state: State, adapter: Adapter, app: Any) -> None:
             model = state.request_model_for(found.request_base)
             endpoint = route.build_tokens_endpoint(found.chat_route, model, adapter)
             added = route.add_route(app, current.route_path, endpoint, found.json_validator)
-            if current.stock_route:
+            memory = mount_memory(state, adapter, app, added, found.json_validator, current)
+            if current.stock_route or memory is not None:
                 stock = route.build_tokens_endpoint(found.chat_route, model, adapter, "stock")
                 native = tuple(getattr(found.request_base, "model_fields", ()))
-                mount_stock_dispatch(state, adapter, app, stock, found.json_validator, native)
+                mount_stock_dispatch(state, adapter, app, stock, found.json_validator, native, memory)
             also = ""
             if current.stock_route:
                 also = f"; also on POST {adapter.stock_chat_path} ({settings.STOCK_ROUTE}=1)"
+            if memory is not None:
+                also += f"; conversation memory {current.memory} ({settings.MEMORY})"
             state.log_once(
                 logging.INFO,
                 f"vllm-tokens-patch: POST {current.route_path} enabled "
@@ -134,19 +137,69 @@ def mount(state: State, adapter: Adapter, app: Any) -> None:
 
 
 def mount_stock_dispatch(
-    state: State, adapter: Adapter, app: Any, endpoint: Any, json_validator: Any, native: tuple[str, ...]
+    state: State,
+    adapter: Adapter,
+    app: Any,
+    endpoint: Any,
+    json_validator: Any,
+    native: tuple[str, ...],
+    memory: Any = None,
 ) -> None:
-    """Put the stock-route dispatch in front of vLLM's chat route of `app` (`VLLM_TOKENS_PATCH_STOCK_ROUTE`):
-    bodies with a token field go to `endpoint`, every other body on to vLLM's route."""
+    """Put the stock-route dispatch in front of vLLM's chat route of `app`: with
+    `VLLM_TOKENS_PATCH_STOCK_ROUTE`, bodies with a token field go to `endpoint`; with the conversation
+    memory (`memory`: its `StockMemory`), every other body is recorded and, on a hit, reuses ids through
+    `endpoint`; the rest goes on to vLLM's route."""
     from vllm_tokens_patch import route, stock_route
 
     tokens = route.unmounted_route(adapter.stock_chat_path, endpoint, json_validator)
-    fields = stock_route.token_fields(native)
+    fields = stock_route.token_fields(native) if settings.current().stock_route else ()
     dispatch = stock_route.StockDispatch(
-        adapter.stock_chat_path, tokens.handle, app.router, fields, route.decode_json
+        adapter.stock_chat_path, tokens.handle, app.router, fields, route.decode_json, memory
     )
     app.router.routes.insert(0, dispatch)
     state.mounted.append((weakref.ref(app), dispatch))
+
+
+def mount_memory(
+    state: State,
+    adapter: Adapter,
+    app: Any,
+    token_route: Any,
+    json_validator: Any,
+    current: settings.Settings,
+) -> Any:
+    """With `VLLM_TOKENS_PATCH_MEMORY`: record the token route's answers, add the export route, and return
+    the memory's part in the stock-route dispatch (None when the memory is off)."""
+    if current.memory is None:
+        return None
+    from vllm_tokens_patch import capture, route
+    from vllm_tokens_patch.id_fields import ID_FIELDS
+    from vllm_tokens_patch.memory import Memory
+    from vllm_tokens_patch.memory_route import StockMemory, build_trajectory_endpoint, recorded_app
+    from vllm_tokens_patch.memory_store import Limits
+
+    memory = Memory(current.memory, Limits(current.memory_max_bytes, current.memory_max_age))
+    observed: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def observe(served: Any) -> None:
+        """Read the engine's outputs of `served`'s chat serving object (once per app)."""
+        if served is None or served in observed:
+            return
+        serving = adapter.serving_of(served)
+        if serving is not None:
+            with state.lock:
+                state.record(capture.observe_engine(adapter, serving))
+                observed.add(served)
+
+    token_route.app = recorded_app(token_route.app, memory, route.decode_json, observe)
+
+    def error(raw_request: Any, message: str, param: str | None, status: Any, err_type: str) -> Any:
+        return route.error_response(adapter, raw_request, message, param, status, err_type)
+
+    export = build_trajectory_endpoint(memory, error, route.decode_json)
+    exported = route.add_route(app, current.route_path + "/trajectory", export, json_validator)
+    state.mounted.append((weakref.ref(app), exported))
+    return StockMemory(memory, route.decode_json, route.encode_json, observe, ID_FIELDS)
 
 
 def _forget_stock_dispatch(state: State, app: Any) -> None:

@@ -77,6 +77,15 @@ def _json_decoder() -> Callable[[bytes], Any]:
 decode_json = _json_decoder()
 
 
+def encode_json(data: Any) -> bytes:
+    """A body re-encoded (the conversation memory adds the reused ids to a stock body)."""
+    try:
+        import msgspec
+    except ImportError:  # pragma: no cover - every supported vLLM depends on msgspec
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+    return msgspec.json.encode(data)
+
+
 MAX_ECHOED_DEPTH = 32
 """A validation error's `input` nested deeper than this is replaced by a summary: vLLM's error handlers
 `repr()` it (recursively), which a hostile body nested 10,000 deep would turn into a RecursionError (500)."""

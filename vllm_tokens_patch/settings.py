@@ -16,6 +16,9 @@ _FALSE = {"0", "false", "no", "off", ""}
 VERIFY_POLICIES = ("warn", "off")
 STOCK_ROUTE = "VLLM_TOKENS_PATCH_STOCK_ROUTE"
 """The opt-in that puts the token fields on vLLM's own chat route."""
+MEMORY = "VLLM_TOKENS_PATCH_MEMORY"
+"""The opt-in conversation memory: `local` (this server) or a `redis://` URL (many replicas)."""
+MEMORY_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class SettingsError(ValueError):
@@ -48,6 +51,13 @@ class Settings:
     stock_route: bool = False
     """`VLLM_TOKENS_PATCH_STOCK_ROUTE=1`: vLLM's own chat route also takes the token fields (for routers and
     clients that only speak the stock path); off, it is exactly stock."""
+    memory: str | None = None
+    """`VLLM_TOKENS_PATCH_MEMORY`: off (unset), `local`, or a Redis/Valkey URL: the server remembers the ids
+    it fed and sampled per conversation and reuses them for requests that extend one."""
+    memory_max_bytes: int = 1 << 30
+    """`VLLM_TOKENS_PATCH_MEMORY_MAX_BYTES`: the local store's bound (least recently used evicted first)."""
+    memory_max_age: float = 3600.0
+    """`VLLM_TOKENS_PATCH_MEMORY_MAX_AGE`: seconds since last use after which an entry is evicted."""
 
     @classmethod
     def from_environ(cls, environ: dict[str, str] | os._Environ[str] | None = None) -> Settings:
@@ -65,6 +75,9 @@ class Settings:
             verify=verify,
             mismatch_log=_mismatch_log(env),
             stock_route=_flag(env, STOCK_ROUTE),
+            memory=_memory(env),
+            memory_max_bytes=int(_positive(env, "VLLM_TOKENS_PATCH_MEMORY_MAX_BYTES", cls.memory_max_bytes)),
+            memory_max_age=_positive(env, "VLLM_TOKENS_PATCH_MEMORY_MAX_AGE", cls.memory_max_age),
         )
 
 
@@ -78,6 +91,32 @@ def _mismatch_log(environ: dict[str, str] | os._Environ[str]) -> int | None:
     if raw.isascii() and raw.isdigit():
         return int(raw)
     raise SettingsError(f"VLLM_TOKENS_PATCH_MISMATCH_LOG={raw!r}: expected a count (0, 1, 2, ...) or 'all'")
+
+
+def _memory(environ: dict[str, str] | os._Environ[str]) -> str | None:
+    raw = environ.get(MEMORY, "").strip()
+    if raw.lower() in _FALSE:
+        return None
+    if raw.lower() == "local":
+        return "local"
+    if raw.startswith(MEMORY_SCHEMES):
+        return raw
+    raise SettingsError(
+        f"{MEMORY}={raw!r}: expected 'local' or a URL starting with {' / '.join(MEMORY_SCHEMES)}"
+    )
+
+
+def _positive(environ: dict[str, str] | os._Environ[str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SettingsError(f"{name}={raw!r}: expected a positive number")
+    return value
 
 
 def strict_requested(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:

@@ -14,14 +14,37 @@ could spell one) is decoded.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Protocol
 
 from starlette.routing import BaseRoute, Match, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from vllm_tokens_patch.asgi_body import read_body, replaying
 from vllm_tokens_patch.id_fields import ID_FIELDS, MESSAGE_ID_FIELDS, last_assistant_with_ids
+
+
+class MemoryHooks(Protocol):
+    """The conversation memory's part in the dispatch (`memory_route.StockMemory`)."""
+
+    async def serve_tokens(
+        self, body: bytes, tokens_app: ASGIApp, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """A body with token fields: the token endpoint, with its answer recorded."""
+
+    async def serve_stock(
+        self,
+        body: bytes,
+        tokens_app: ASGIApp,
+        stock: Callable[[Scope, Receive, Send], Awaitable[None]],
+        scope: Scope,
+        receive: Receive,
+        replay: Receive,
+        send: Send,
+    ) -> None:
+        """Any other body: reused ids through the token endpoint on a hit, else `stock`; recorded."""
+
 
 _passing: ContextVar[bool] = ContextVar("vllm_tokens_patch_stock_passing", default=False)
 """Set while a stock body is handed back to the router, so that this route does not match it again."""
@@ -59,6 +82,7 @@ class StockDispatch(BaseRoute):
         router: ASGIApp,
         fields: tuple[str, ...],
         decode: Callable[[bytes], Any],
+        memory: MemoryHooks | None = None,
     ) -> None:
         self.path = path
         self.matcher = Route(path, _never_called, methods=["POST"])
@@ -68,6 +92,7 @@ class StockDispatch(BaseRoute):
         self.fields = fields
         self.decode = decode
         self.needles = _needles(fields)
+        self.memory = memory
         self.name = "vllm_tokens_patch_stock_dispatch"
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
@@ -81,14 +106,24 @@ class StockDispatch(BaseRoute):
         raise NoMatchFound(name, path_params)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        received, body = await _read_body(receive)
-        replay = _replaying(received, receive)
-        if body is not None and self.wants_tokens(body):
-            await self.tokens_app(scope, replay, send)
+        received, body = await read_body(receive)
+        replay = replaying(received, receive)
+        if body is not None and self.fields and self.wants_tokens(body):
+            if self.memory is None:
+                await self.tokens_app(scope, replay, send)
+            else:
+                await self.memory.serve_tokens(body, self.tokens_app, scope, replay, send)
             return
+        if self.memory is None or body is None:
+            await self.pass_on(scope, replay, send)
+            return
+        await self.memory.serve_stock(body, self.tokens_app, self.pass_on, scope, receive, replay, send)
+
+    async def pass_on(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Hand the request to the app's router, which routes it to vLLM's own chat route."""
         passing = _passing.set(True)
         try:
-            await self.router(scope, replay, send)
+            await self.router(scope, receive, send)
         finally:
             _passing.reset(passing)
 
@@ -104,29 +139,3 @@ class StockDispatch(BaseRoute):
 
 def _never_called(request: Any) -> Any:  # pragma: no cover - the matcher is only asked to match
     raise NotImplementedError
-
-
-async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None]:
-    """Every message up to the end of the body (or a disconnect: then the body is None)."""
-    received: list[Message] = []
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        received.append(message)
-        if message.get("type") != "http.request":
-            return received, None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return received, b"".join(chunks)
-
-
-def _replaying(received: list[Message], receive: Receive) -> Receive:
-    """`receive` that first gives back what was read, then listens on (for the client's disconnect)."""
-    pending = list(received)
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay

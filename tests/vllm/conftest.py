@@ -95,6 +95,18 @@ def stocked(build: Any) -> Iterator[VllmApp]:
 
 
 @pytest.fixture(scope="session")
+def remembering(build: Any) -> Iterator[VllmApp]:
+    """`served`'s command line with `VLLM_TOKENS_PATCH_MEMORY=local` (the conversation memory)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(settings.MEMORY, "local")
+        settings.current.cache_clear()
+        app = build("--api-key", API_KEY, "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+    settings.current.cache_clear()
+    app.client.headers["Authorization"] = f"Bearer {API_KEY}"
+    yield app
+
+
+@pytest.fixture(scope="session")
 def reasoning(build: Any) -> VllmApp:
     """`vllm serve MODEL --reasoning-parser deepseek_r1`."""
     return build("--reasoning-parser", "deepseek_r1")

@@ -81,7 +81,16 @@ def test_every_series_is_on_vllms_metrics_documented_and_named_by_convention(
     }
     assert set(families) == {
         metrics.PREFIX + name
-        for name in ("requests", "verifications", "refusals", "splices", "first_mismatch_position")
+        for name in (
+            "requests",
+            "verifications",
+            "refusals",
+            "splices",
+            "first_mismatch_position",
+            "memory_lookups",
+            "memory_records",
+            "memory_evictions",
+        )
     }, sorted(families)
     for family in families.values():
         assert family.documentation, family.name
@@ -96,6 +105,7 @@ def test_every_series_is_on_vllms_metrics_documented_and_named_by_convention(
         assert key("refusals_total", reason=reason) in samples
     assert {key("splices_total", close=c) for c in metrics.CLOSES} <= set(samples)
     assert {key("verifications_total", result=r) for r in metrics.RESULTS} <= set(samples)
+    assert {key("memory_lookups_total", result=r) for r in metrics.MEMORY_RESULTS} <= set(samples)
 
 
 def test_a_scripted_sequence_is_counted_exactly(run: Any, served: VllmApp) -> None:

@@ -120,6 +120,16 @@ class RequestFields:
 
 
 @dataclass(frozen=True)
+class EngineStep:
+    """One output of vLLM's engine for a request: the prompt ids it was fed and, per choice, its index, the
+    ids sampled (in this step; all so far when the request's outputs are cumulative) and the finish
+    reason (None until that choice ends)."""
+
+    prompt_ids: list[int] | None
+    choices: list[tuple[int, list[int], str | None]]
+
+
+@dataclass(frozen=True)
 class RenderContext:
     """What validation needs to know about the served model, read from the serving object."""
 
@@ -201,6 +211,10 @@ class Adapter:
     serving_state: ClassVar[str] = "openai_serving_chat"
     """The `app.state` attribute holding vLLM's chat serving object (None or absent when the app does not
     serve `generate`)."""
+    engine_client_attribute: ClassVar[str] = "engine_client"
+    """The serving object's engine client, whose `generate` the conversation memory observes."""
+    engine_generate: ClassVar[str] = "generate"
+    """Its method that takes `(prompt, sampling_params, request_id, ...)` and yields `RequestOutput`s."""
     route_hook_takes_app: ClassVar[bool] = True
     """Whether `route_hook` can be called with a bare app (what `doctor` does to see the route mount)."""
 
@@ -283,6 +297,24 @@ class Adapter:
 
     def after_swap(self, result: Any, tokens: list[int]) -> None:
         """Fix anything besides the engine-input dict that still holds the rendered prompt."""
+
+    def engine_client_of(self, serving: Any) -> Any | None:
+        return getattr(serving, self.engine_client_attribute, None)
+
+    def engine_step(self, output: Any) -> EngineStep:
+        """A `RequestOutput` as values: `prompt_token_ids`, and each `CompletionOutput`'s `index`,
+        `token_ids` and `finish_reason`."""
+        prompt = getattr(output, "prompt_token_ids", None)
+        choices = [(int(c.index), list(c.token_ids), c.finish_reason) for c in output.outputs]
+        return EngineStep(list(prompt) if prompt is not None else None, choices)
+
+    def cumulative_outputs(self, args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+        """Whether a `generate(prompt, sampling_params, ...)` call yields each choice's ids so far (the
+        `CUMULATIVE` output kind) rather than only the new ones (`DELTA`, streams) or all at the end
+        (`FINAL_ONLY`, one output)."""
+        sampling = args[1] if len(args) > 1 else kwargs.get("sampling_params")
+        kind = getattr(sampling, "output_kind", None)
+        return getattr(kind, "name", None) == "CUMULATIVE"
 
     def tokenizer_of(self, serving: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any | None:
         """The tokenizer this render call uses (default: the serving object's renderer's)."""
