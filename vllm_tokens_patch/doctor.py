@@ -148,6 +148,8 @@ def report() -> Report:
         result.add("settings", False, str(exc))
     if current.disabled:
         result.add(DISABLE, False, "set: the plugin loads as a no-op and adds no route")
+    if current.memory is not None:
+        result.add("memory", *_memory(current.memory))
     _entry_point(result)
     try:
         result.vllm_version = installed_version()
@@ -167,6 +169,31 @@ def report() -> Report:
     if not current.disabled and all(check.ok for check in result.checks if check.name.startswith("target ")):
         _mounts(result, adapter, current.route_path, current.stock_route)
     return result
+
+
+def _memory(setting: str) -> tuple[bool, str]:
+    """The conversation memory's store: `local` needs nothing; a Redis URL needs the client and a server
+    that answers."""
+    if setting == "local":
+        return True, "local: one SQLite store shared by the server's API-server processes"
+    import asyncio
+
+    from vllm_tokens_patch.memory_store import RedisStore
+
+    async def stats() -> str:
+        store = RedisStore(setting)
+        try:
+            found = await asyncio.wait_for(store.stats(), timeout=5)
+        finally:
+            await store.close()
+        return f"{found.entries} entries"
+
+    try:
+        return True, f"{setting.split('@')[-1]} answers ({asyncio.run(stats())})"
+    except ImportError as exc:
+        return False, f"{exc} (or `pip install '.[redis]'` from a clone)"
+    except Exception as exc:
+        return False, f"{setting.split('@')[-1]} does not answer: {type(exc).__name__}: {exc}"
 
 
 def as_dict(result: Report) -> dict[str, Any]:
