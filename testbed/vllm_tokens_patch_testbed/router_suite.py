@@ -61,7 +61,9 @@ def warm_up(server: VllmServer, model: Path) -> None:
 
 
 @contextmanager
-def replica_pair(model: Path, name: str, env: dict[str, str] | None = None) -> Iterator[Replicas]:
+def replica_pair(
+    model: Path, name: str, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> Iterator[Replicas]:
     """Start two `vllm serve MODEL --api-key KEY --middleware HeaderLog` at once (engine core in the API
     server process, as the e2e does to fit 2 cores), warm each up, stop both at the end."""
     logs = [ARTIFACTS / f"{name}-{index}.requests.jsonl" for index in range(2)]
@@ -70,7 +72,7 @@ def replica_pair(model: Path, name: str, env: dict[str, str] | None = None) -> I
     servers = [
         VllmServer(
             model,
-            ["--api-key", API_KEY, "--middleware", MIDDLEWARE],
+            ["--api-key", API_KEY, "--middleware", MIDDLEWARE, *args],
             log_path=ARTIFACTS / f"{name}-{index}.log",
             env={"VLLM_ENABLE_V1_MULTIPROCESSING": "0", LOG_ENV: str(log), **(env or {})},
         )

@@ -15,29 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from openai import OpenAI
+from vllm_tokens_patch_testbed.agent_loop import Agent, starts_with_previous
 from vllm_tokens_patch_testbed.e2e_suite import API_KEY, ARTIFACTS, post
 from vllm_tokens_patch_testbed.serve import VllmServer
-
-MEMORY_HEADER = "x-vllm-tokens-memory"
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The weather in a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
-                "required": ["city"],
-            },
-        },
-    }
-]
-CALL_TOOL = {"type": "function", "function": {"name": "get_weather"}}
 
 
 @pytest.fixture(scope="module")
@@ -59,74 +41,8 @@ def memory_server(model: Path) -> Iterator[VllmServer]:
         yield running
 
 
-class Agent:
-    """An agent harness as they are written: one `create` per step, the SDK's message appended as is."""
-
-    def __init__(self, server: VllmServer, model: Path) -> None:
-        self.server, self.model = server, str(model)
-        self.messages: list[dict[str, Any]] = [
-            {"role": "system", "content": "You are a helpful assistant."},
-            {"role": "user", "content": "What is the weather in Paris and in Rome?"},
-        ]
-        self.turns: list[dict[str, Any]] = []
-
-    def step(self, **options: Any) -> Any:
-        client = OpenAI(base_url=f"{self.server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120)
-        raw = client.chat.completions.with_raw_response.create(
-            model=self.model,
-            messages=self.messages,  # type: ignore[arg-type]
-            tools=TOOLS,  # type: ignore[arg-type]
-            temperature=1.0,
-            extra_body={"return_token_ids": True},  # only for checking: the memory does not need it
-            **options,
-        )
-        completion = raw.parse()
-        client.close()
-        choice = completion.choices[0]
-        stock = post(
-            f"{self.server.url}/tokenize",
-            json={
-                "model": self.model,
-                "messages": self.messages,
-                "tools": TOOLS,
-                "add_generation_prompt": True,
-            },
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        )
-        assert stock.status_code == 200, stock.text
-        self.turns.append(
-            {
-                "stock": stock.json()["tokens"],
-                "prompt": list(completion.prompt_token_ids),  # type: ignore[attr-defined]
-                "sampled": list(choice.token_ids),  # type: ignore[attr-defined]
-                "memory": raw.headers.get(MEMORY_HEADER),
-                "finish": choice.finish_reason,
-            }
-        )
-        self.messages.append(choice.message.model_dump(exclude_none=True))
-        return choice
-
-    def tool_round(self, city: str) -> None:
-        choice = self.step(tool_choice=CALL_TOOL, max_tokens=64)
-        assert choice.message.tool_calls, choice
-        for call in choice.message.tool_calls:
-            self.messages.append({"role": "tool", "tool_call_id": call.id, "content": f"sunny in {city}"})
-
-    def episode(self) -> None:
-        self.tool_round("Paris")
-        self.tool_round("Rome")
-        self.step(max_tokens=6)  # cut short: finish_reason "length"
-        self.messages.append({"role": "user", "content": "Go on, and be brief."})
-        self.step(max_tokens=12)
-
-
-def starts_with_previous(turns: list[dict[str, Any]], index: int, prompt: str = "prompt") -> bool:
-    before = turns[index - 1]["prompt"] + turns[index - 1]["sampled"]
-    return turns[index][prompt][: len(before)] == before
-
-
 def test_an_unmodified_agent_gets_exact_ids_every_turn(memory_server: VllmServer, model: Path) -> None:
-    agent = Agent(memory_server, model)
+    agent = Agent(memory_server.url, model, tokenize_url=f"{memory_server.url}/tokenize")
     agent.episode()
     turns = agent.turns
     assert turns[2]["finish"] == "length"
