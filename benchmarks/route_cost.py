@@ -31,6 +31,13 @@ same prompt:
                         ids of the history before the last user message, cut where the model stopped
                         sampling (after `<|im_end|>`), on the fast path: the server renders only the
                         stand-ins that give the new turn, never the history.
+  memory-record         POST /v1/chat/completions, the stock body, on a fourth app built with
+                        `VLLM_TOKENS_PATCH_MEMORY=local`: the lookup misses, the engine's ids are captured
+                        and the branch is stored (a SQLite file): what recording costs a request.
+  memory-reuse          (multi-turn sizes only) the same app, a stock body whose history up to its last
+                        assistant message was recorded (sent once before the rounds): the lookup hits, the
+                        recorded ids are spliced in (the server's default verification, so vLLM also
+                        renders `messages` to compare), and the new branch is recorded.
 
 Rounds send every case once (the baseline `--baseline-copies` times, so that both apps serve the same
 share of requests), in a random order (seeded), after warm-up rounds; wall time (perf_counter)
@@ -71,9 +78,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 MAX_MODEL_LEN = 40960
 MAX_TOKENS = 4
+FAKE_ANSWER = "Hello there"
+"""What the fake engine answers (its default script), within MAX_TOKENS ids for both tokenizers."""
 BASELINE = "stock-without-plugin"
 CASES = ("stock-without-plugin", "stock-with-plugin", "tokens-default", "tokens-fast", "stock-kvtp")
-CASES += ("completions-ids", "stock-opt-in", "stock-path-fast", "tokens-splice")
+CASES += ("completions-ids", "stock-opt-in", "stock-path-fast", "tokens-splice", "memory-record")
+CASES += ("memory-reuse",)
+MEMORY_CASES = ("memory-record", "memory-reuse")
+"""Cases whose engine prompt is not the rendered ids (`memory-reuse`: the recorded ids + the bridge) or
+that are answered otherwise than the others: their expected engine ids are learnt from one probe request."""
 SIZES = {"1k": 1024, "4k": 4096, "16k": 16384, "32k": 32768, "multi-turn-8k": 8192, "multi-turn-32k": 32768}
 """Target rendered prompt tokens; `multi-turn-*`: 66 alternating user/assistant messages + a new user one."""
 TURN_MESSAGES = 66
@@ -191,6 +204,8 @@ class Case:
     path: str
     body: bytes
     stream: bool
+    expected: list[int] | None = None
+    """The engine prompt every request of this case must produce (None: the rendered ids)."""
 
 
 def splice_prefix(app: VllmApp, messages: list[dict[str, str]]) -> list[int] | None:
@@ -203,10 +218,19 @@ def splice_prefix(app: VllmApp, messages: list[dict[str, str]]) -> list[int] | N
     return history[:-1]
 
 
+def reuse_messages(messages: list[dict[str, str]], answer: str) -> list[dict[str, str]] | None:
+    """`messages` with its last assistant message replaced by what the fake engine answers, so that the
+    history before the new user message is a conversation the memory app recorded (None: single turn)."""
+    if len(messages) < 3 or messages[-2]["role"] != "assistant":
+        return None
+    return [*messages[:-2], {"role": "assistant", "content": answer}, messages[-1]]
+
+
 def make_cases(
     stock: VllmApp,
     plugin: VllmApp,
     opted: VllmApp,
+    remembering: VllmApp,
     messages: list[dict[str, str]],
     ids: list[int],
     streams: list[bool],
@@ -242,12 +266,16 @@ def make_cases(
                 {**base, "tokens": ids, "vllm_tokens_patch_verify": False},
             ),
         }
+        bodies["memory-record"] = (remembering, "/v1/chat/completions", base)
         if prefix is not None:
             bodies["tokens-splice"] = (
                 plugin,
                 route,
                 {**base, "prefix_tokens": prefix, "vllm_tokens_patch_verify": False},
             )
+        reuse = reuse_messages(messages, FAKE_ANSWER)
+        if reuse is not None:
+            bodies["memory-reuse"] = (remembering, "/v1/chat/completions", {**base, "messages": reuse})
         for name in CASES:
             if name not in bodies:
                 continue
@@ -261,6 +289,7 @@ def make_cases(
 
 
 async def send(case: Case, ids: list[int], headers_seen: dict[str, set[str]]) -> tuple[float, float]:
+    ids = case.expected if case.expected is not None else ids
     cpu0, wall0 = time.process_time(), time.perf_counter()
     response = await case.app.client.post(
         case.path, content=case.body, headers={"content-type": "application/json"}
@@ -273,6 +302,12 @@ async def send(case: Case, ids: list[int], headers_seen: dict[str, set[str]]) ->
     assert engine.prompts[-1]["prompt_token_ids"] == ids, f"{case.name}: the engine got other ids"
     engine.prompts.clear()
     engine.sampling_params.clear()
+    if case.name.startswith("memory-"):
+        memory = response.headers.get("x-vllm-tokens-memory", "<none>")
+        headers_seen.setdefault(case.name, set()).add(
+            memory.split(";")[0] + ("" if "hit" in memory else memory)
+        )
+        assert memory.startswith("hit") == case.name.startswith("memory-reuse"), f"{case.name}: {memory}"
     if "tokens" in case.name:
         verification = response.headers.get("x-vllm-tokens-verification", "<none>")
         headers_seen.setdefault(case.name, set()).add(verification)
@@ -311,10 +346,28 @@ def summarize(samples: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
     return {"cases": summary, "ratios": extra}
 
 
+async def learn_memory_cases(remembering: VllmApp, messages: list[dict[str, str]], cases: list[Case]) -> None:
+    """Record the history `memory-reuse` extends (one stock request of it), then probe each memory case
+    once for the engine prompt every later request must produce."""
+    reuse = reuse_messages(messages, FAKE_ANSWER)
+    if reuse is not None:
+        history = {"model": remembering.args.model, "messages": messages[:-2], "max_tokens": MAX_TOKENS}
+        recorded = await remembering.client.post("/v1/chat/completions", json=history)
+        assert recorded.json()["choices"][0]["message"]["content"] == FAKE_ANSWER, recorded.text[:300]
+    for case in cases:
+        if case.name.split("+")[0] in MEMORY_CASES:
+            response = await case.app.client.post(
+                case.path, content=case.body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 200, response.text[:300]
+            case.expected = list(case.app.engine.prompts[-1]["prompt_token_ids"])
+
+
 async def measure(
     stock: VllmApp,
     plugin: VllmApp,
     opted: VllmApp,
+    remembering: VllmApp,
     size: str,
     args: argparse.Namespace,
     rng: random.Random,
@@ -322,7 +375,9 @@ async def measure(
     messages = conversation(plugin, size, args.seed)
     ids = plugin.chat_ids(messages)
     prefix = splice_prefix(plugin, messages)
-    cases = make_cases(stock, plugin, opted, messages, ids, [False, True] if args.stream else [False], prefix)
+    streams = [False, True] if args.stream else [False]
+    cases = make_cases(stock, plugin, opted, remembering, messages, ids, streams, prefix)
+    await learn_memory_cases(remembering, messages, cases)
     rounds = rounds_for(SIZES[size], args)
     samples: dict[str, dict[str, list[float]]] = {c.name: {"wall_ms": [], "cpu_ms": []} for c in cases}
     headers_seen: dict[str, set[str]] = {}
@@ -352,23 +407,24 @@ async def measure(
     }
 
 
-async def build_opted_in(model: Path) -> VllmApp:
-    """The plugin app with `VLLM_TOKENS_PATCH_STOCK_ROUTE=1` (read when the route mounts)."""
+async def build_with(model: Path, name: str, value: str) -> VllmApp:
+    """The plugin app with the setting `name` (read when the route mounts)."""
     from vllm_tokens_patch import settings
 
-    os.environ[settings.STOCK_ROUTE] = "1"
+    os.environ[name] = value
     settings.current.cache_clear()
     try:
         return await build_vllm_app(model, max_model_len=MAX_MODEL_LEN)
     finally:
-        del os.environ[settings.STOCK_ROUTE]
+        del os.environ[name]
         settings.current.cache_clear()
 
 
 async def run_tokenizer(name: str, model: Path, args: argparse.Namespace) -> dict[str, Any]:
     stock = await build_vllm_app(model, max_model_len=MAX_MODEL_LEN)
     plugin = await build_vllm_app(model, max_model_len=MAX_MODEL_LEN)
-    opted = await build_opted_in(model)
+    opted = await build_with(model, "VLLM_TOKENS_PATCH_STOCK_ROUTE", "1")
+    remembering = await build_with(model, "VLLM_TOKENS_PATCH_MEMORY", "local")
     bypass_plugin(stock)
     probe = {"model": plugin.args.model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
     wrapper_calls = await check_bypass(plugin, stock, json.dumps(probe).encode())
@@ -376,17 +432,61 @@ async def run_tokenizer(name: str, model: Path, args: argparse.Namespace) -> dic
     results = []
     try:
         for size in args.sizes:
-            results.append({"tokenizer": name, **await measure(stock, plugin, opted, size, args, rng)})
+            measured = await measure(stock, plugin, opted, remembering, size, args, rng)
+            results.append({"tokenizer": name, **measured})
     finally:
-        await stock.client.aclose()
-        await plugin.client.aclose()
-        await opted.client.aclose()
+        for app in (stock, plugin, opted, remembering):
+            await app.client.aclose()
+    footprint = await memory_footprint(
+        plugin, [s for s in args.sizes if s.startswith("multi-turn-")], args.seed
+    )
     return {
         "tokenizer": name,
         "vocab_size": len(plugin.tokenizer),
         "wrapper_calls_per_stock_request": wrapper_calls,
         "results": results,
+        "memory_footprint": footprint,
     }
+
+
+# --- memory footprint ---------------------------------------------------------------------------------
+
+
+async def memory_footprint(app: VllmApp, sizes: list[str], seed: int) -> list[dict[str, Any]]:
+    """What the local store holds per 1,000 recorded turns whose histories are these sizes: each entry is a
+    turn's full ids (this size's rendered conversation, its tail varied per turn so no two are equal),
+    without and with logprobs for the sampled ids (the last 256)."""
+    from vllm_tokens_patch.memory_store import Entry, SqliteStore
+
+    rows = []
+    for size in sizes:
+        ids = app.chat_ids(conversation(app, size, seed))
+        for logprobs in (False, True):
+            with tempfile.TemporaryDirectory() as tmp:
+                store = SqliteStore(Path(tmp) / "memory.sqlite3")
+                began = time.perf_counter()
+                for turn in range(1000):
+                    turn_ids = (*ids[:-8], *((ids[-8 + i] + turn) % len(app.tokenizer) for i in range(8)))
+                    values = (*[None] * (len(turn_ids) - 256), *[-0.5] * 256) if logprobs else None
+                    entry = Entry(
+                        turn_ids, ((len(turn_ids) - 256, len(turn_ids)),), values, None, time.time()
+                    )
+                    await store.put(turn.to_bytes(32, "big"), entry)
+                seconds = time.perf_counter() - began
+                stats = await store.stats()
+                await store.close()
+                file_bytes = sum(f.stat().st_size for f in Path(tmp).iterdir())
+            rows.append(
+                {
+                    "size": size,
+                    "ids_per_turn": len(ids),
+                    "logprobs": logprobs,
+                    "entries_mb": stats.bytes / 1e6,
+                    "file_mb": file_bytes / 1e6,
+                    "put_ms": seconds,  # per put: seconds * 1000 / 1000 turns
+                }
+            )
+    return rows
 
 
 # --- start-up -----------------------------------------------------------------------------------------
@@ -470,6 +570,20 @@ def markdown(report: dict[str, Any]) -> str:
                     + f" | {_cell(ratios['tokens-fast / stock-kvtp' + suffix])} "
                     f"| {_cell(ratios['stock-with-plugin / stock-without-plugin' + suffix])} |"
                 )
+        footprint = tokenizer.get("memory_footprint") or []
+        if footprint:
+            lines += [
+                "",
+                f"Conversation memory, local store, per 1,000 recorded turns ({name}):",
+                "",
+                "| history | ids per turn | logprobs | entries MB | file MB | ms per put |",
+                "|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {f['size']} | {f['ids_per_turn']} | {'yes' if f['logprobs'] else 'no'} "
+                f"| {f['entries_mb']:.1f} | {f['file_mb']:.1f} | {f['put_ms']:.2f} |"
+                for f in footprint
+            ]
         seen = tokenizer["results"][0]["verification_headers"]
         lines += [
             "",
