@@ -134,7 +134,7 @@ def memory_redis(session: nox.Session) -> None:
     package; `.ci/run` installs it): the same store tests as SQLite, plus Redis's own."""
     if shutil.which("redis-server") is None:
         session.error("redis-server is not on PATH: apt-get install -y redis-server")
-    session.install(*REINSTALL_OURS, ".", *UNIT_DEPS, "redis>=5.0.1", "coverage")
+    session.install(*REINSTALL_OURS, ".", TESTBED, *UNIT_DEPS, "redis>=5.0.1", "coverage")
     _pytest(session, REDIS_TESTS, env={"VLLM_TOKENS_PATCH_TEST_REDIS": "1"})
 
 

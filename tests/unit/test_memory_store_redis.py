@@ -12,9 +12,6 @@ import asyncio
 import importlib.util
 import os
 import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +33,8 @@ else:
         "VLLM_TOKENS_PATCH_TEST_REDIS=1 makes its absence a failure",
     )
 
+from vllm_tokens_patch_testbed.redis_server import redis_server  # noqa: E402
+
 from vllm_tokens_patch.memory_store import DEFAULT_LIMITS, Entry, Limits, RedisStore, open_store  # noqa: E402
 
 
@@ -54,45 +53,13 @@ shared = _load_shared()
 INSTALL = "install it: apt-get install -y redis-server (Debian/Ubuntu), or put redis-server on PATH"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throwaway redis-server for this test session: no persistence, loopback only."""
-    binary = shutil.which("redis-server")
-    if binary is None:
+def redis_url() -> Iterator[str]:
+    """A throwaway redis-server for this test session (the testbed's): no persistence, loopback only."""
+    if shutil.which("redis-server") is None:
         pytest.fail(f"the Redis memory store tests need `redis-server`: {INSTALL}", pytrace=False)
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    server = subprocess.Popen(
-        [*command, "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        client = redis.Redis(host="127.0.0.1", port=port)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError as error:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    stderr = server.stderr.read() if server.poll() is not None and server.stderr else ""
-                    raise RuntimeError(f"redis-server did not start: {stderr}") from error
-                time.sleep(0.05)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    with redis_server() as url:
+        yield url
 
 
 class RedisBackend(shared.Backend):

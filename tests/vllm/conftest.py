@@ -82,28 +82,27 @@ def served(build: Any) -> VllmApp:
     return app
 
 
+def _served_with(build: Any, name: str, value: str) -> VllmApp:
+    """`served`'s command line with the setting `name` (read when the route mounts)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(name, value)
+        settings.current.cache_clear()
+        app = build("--api-key", API_KEY, "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+    settings.current.cache_clear()
+    app.client.headers["Authorization"] = f"Bearer {API_KEY}"
+    return app
+
+
 @pytest.fixture(scope="session")
-def stocked(build: Any) -> Iterator[VllmApp]:
+def stocked(build: Any) -> VllmApp:
     """`served`'s command line with `VLLM_TOKENS_PATCH_STOCK_ROUTE=1` (the token fields on vLLM's route)."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(settings.STOCK_ROUTE, "1")
-        settings.current.cache_clear()
-        app = build("--api-key", API_KEY, "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
-    settings.current.cache_clear()
-    app.client.headers["Authorization"] = f"Bearer {API_KEY}"
-    yield app
+    return _served_with(build, settings.STOCK_ROUTE, "1")
 
 
 @pytest.fixture(scope="session")
-def remembering(build: Any) -> Iterator[VllmApp]:
+def remembering(build: Any) -> VllmApp:
     """`served`'s command line with `VLLM_TOKENS_PATCH_MEMORY=local` (the conversation memory)."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv(settings.MEMORY, "local")
-        settings.current.cache_clear()
-        app = build("--api-key", API_KEY, "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
-    settings.current.cache_clear()
-    app.client.headers["Authorization"] = f"Bearer {API_KEY}"
-    yield app
+    return _served_with(build, settings.MEMORY, "local")
 
 
 @pytest.fixture(scope="session")
