@@ -58,7 +58,8 @@ class Lookup:
     """How many of the request's messages the entry covers (a hit)."""
     reason: str = "hit"
     """On a miss: `no_history` (no assistant message), `unknown`, `ambiguous`, `unkeyable` (e.g. media),
-    `token_fields` (the request carries ids of its own), `not_json`."""
+    `token_fields` (the request carries ids of its own), `not_json`, `refused` (a hit whose splice the
+    token endpoint refused: vLLM's own route answered)."""
 
     @property
     def hit(self) -> bool:

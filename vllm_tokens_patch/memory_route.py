@@ -239,18 +239,40 @@ class StockMemory:
             lookup = miss("token_fields")
         else:
             lookup = await _safe_lookup(self.memory, data)
-        metrics.count_memory(lookup.reason)
         self.observe(scope.get("app"))
-        if lookup.entry is None:
+        if lookup.entry is not None:
+            reused = self.encode({**data, "prefix_tokens": list(lookup.entry.ids)})
+            again = replaying([{"type": "http.request", "body": reused, "more_body": False}], receive)
+            refusal = _Refusal(send)
             await serve_recorded(
-                self.memory, lookup, data, stock, scope, replay, send, self.decode, header=True
+                self.memory, lookup, data, tokens_app, scope, again, refusal.send, self.decode, header=True
             )
-            return
-        reused = self.encode({**data, "prefix_tokens": list(lookup.entry.ids)})
-        again = replaying([{"type": "http.request", "body": reused, "more_body": False}], receive)
-        await serve_recorded(
-            self.memory, lookup, data, tokens_app, scope, again, send, self.decode, header=True
-        )
+            if not refusal.held:
+                metrics.count_memory(lookup.reason)
+                return
+            # The reused ids cannot be served (the template refuses the splice, the spliced prompt is too
+            # long, ...): the client sent a plain body, so vLLM's own route answers it.
+            lookup = miss("refused")
+        metrics.count_memory(lookup.reason)
+        await serve_recorded(self.memory, lookup, data, stock, scope, replay, send, self.decode, header=True)
+
+
+class _Refusal:
+    """A `send` that passes a successful answer on and holds back an error one (status >= 400): on a
+    memory hit the token endpoint's refusal is not the client's to see."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.held = False
+
+    async def send(self, message: Message) -> None:
+        if (
+            message["type"] == "http.response.start"
+            and int(message.get("status", 0)) >= HTTPStatus.BAD_REQUEST
+        ):
+            self.held = True
+        if not self.held:
+            await self._send(message)
 
 
 Endpoint = Callable[..., Awaitable[Any]]

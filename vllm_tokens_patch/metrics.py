@@ -49,7 +49,16 @@ REASON_OF_PARAM = {"messages": "multimodal"}
 POSITION_BUCKETS = (0.0, *(float(2**power) for power in range(18)))
 """First-mismatch index buckets: 0 (the first id differs), then powers of two up to 131072 (and +Inf)."""
 MISMATCH_SERIES = f'{PREFIX}verifications_total{{result="mismatch"}}'
-MEMORY_RESULTS = ("hit", "no_history", "unknown", "ambiguous", "unkeyable", "token_fields", "not_json")
+MEMORY_RESULTS = (
+    "hit",
+    "no_history",
+    "unknown",
+    "ambiguous",
+    "unkeyable",
+    "token_fields",
+    "not_json",
+    "refused",
+)
 """Conversation-memory lookups: a hit, or the reason of a miss (`memory.Lookup.reason`)."""
 
 

@@ -134,6 +134,17 @@ def test_misses_say_why_and_the_stock_answer_is_served(run: Any, fresh: VllmApp)
     assert with_ids.headers[MEMORY_HEADER] == "miss; reason=token_fields"
 
 
+def test_a_hit_the_splice_refuses_is_answered_by_vllms_own_route(run: Any, fresh: VllmApp) -> None:
+    """The whole recorded conversation sent again (it ends with the assistant message): the splice has
+    nothing to add and refuses, so the client, who sent a plain body, gets the stock answer."""
+    first = [{"role": "user", "content": "Asked once, then again with the answer (refused)."}]
+    _, answer = turn(run, fresh, first)
+    response, again = turn(run, fresh, [*first, answer])
+    assert response.headers[MEMORY_HEADER] == "miss; reason=refused"
+    assert prompt_of(fresh) == fresh.chat_ids([*first, answer])
+    assert again["role"] == "assistant"
+
+
 def test_the_same_text_with_different_ids_is_ambiguous_unless_the_user_picks(
     run: Any, fresh: VllmApp
 ) -> None:
