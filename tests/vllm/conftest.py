@@ -82,10 +82,11 @@ def served(build: Any) -> VllmApp:
     return app
 
 
-def _served_with(build: Any, name: str, value: str) -> VllmApp:
-    """`served`'s command line with the setting `name` (read when the route mounts)."""
+def _served_with(build: Any, **environ: str) -> VllmApp:
+    """`served`'s command line with these settings in the environment (read when the route mounts)."""
     with pytest.MonkeyPatch.context() as env:
-        env.setenv(name, value)
+        for name, value in environ.items():
+            env.setenv(name, value)
         settings.current.cache_clear()
         app = build("--api-key", API_KEY, "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
     settings.current.cache_clear()
@@ -96,13 +97,19 @@ def _served_with(build: Any, name: str, value: str) -> VllmApp:
 @pytest.fixture(scope="session")
 def stocked(build: Any) -> VllmApp:
     """`served`'s command line with `VLLM_TOKENS_PATCH_STOCK_ROUTE=1` (the token fields on vLLM's route)."""
-    return _served_with(build, settings.STOCK_ROUTE, "1")
+    return _served_with(build, **{settings.STOCK_ROUTE: "1"})
 
 
 @pytest.fixture(scope="session")
 def remembering(build: Any) -> VllmApp:
     """`served`'s command line with `VLLM_TOKENS_PATCH_MEMORY=local` (the conversation memory)."""
-    return _served_with(build, settings.MEMORY, "local")
+    return _served_with(build, **{settings.MEMORY: "local"})
+
+
+@pytest.fixture(scope="session")
+def forgetful(build: Any) -> VllmApp:
+    """The conversation memory with entries evicted a second after their last use."""
+    return _served_with(build, **{settings.MEMORY: "local", "VLLM_TOKENS_PATCH_MEMORY_MAX_AGE": "1"})
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ assistant message; the export gives the branch back. `served` (memory off) stays
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -198,6 +199,19 @@ def test_an_unknown_transcript_is_a_404_and_the_export_needs_the_key(run: Any, f
     )
     assert denied.status_code == 401
     assert API_KEY
+
+
+def test_an_entry_unused_past_the_max_age_is_evicted(run: Any, forgetful: VllmApp) -> None:
+    """`VLLM_TOKENS_PATCH_MEMORY_MAX_AGE=1`: reused within the second, gone after it."""
+    first = [{"role": "user", "content": "Remember me briefly."}]
+    _, answer = turn(run, forgetful, first)
+    response, answer_2 = turn(run, forgetful, [*first, answer, USER_2])
+    assert response.headers[MEMORY_HEADER].startswith("hit; messages=2")
+    time.sleep(1.5)
+    response, _ = turn(run, forgetful, [*first, answer, USER_2, answer_2, USER_3])
+    assert response.headers[MEMORY_HEADER] == "miss; reason=unknown"
+    export = post(run, forgetful, EXPORT, {"model": forgetful.args.model, "messages": [*first, answer]})
+    assert export.status_code == 404, export.text
 
 
 def test_memory_off_is_exactly_stock(run: Any, served: VllmApp) -> None:
