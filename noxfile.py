@@ -283,7 +283,7 @@ def floors(session: nox.Session, suite: str) -> None:
     if suite == "unit":
         session.install(*UNIT_DEPS)
         _install_floors(session)
-        session.run(*PYTEST, "tests/unit", *session.posargs)
+        session.run(*PYTEST, "tests/unit", f"--ignore={REDIS_TESTS}", *session.posargs)  # Redis: memory-redis
         return
     _install_vllm(session, FLOORS, "pytest", "hypothesis")
     overrides = Path(session.create_tmp()) / "overrides.txt"  # written by _install_vllm
