@@ -101,12 +101,12 @@ class Memory:
         candidates = conversation.assistant_prefixes(messages)
         if not candidates:
             return Lookup(keys, reason="no_history")
-        keyed = [index for index in candidates if keys[index] is not None]
+        keyed = {index: key for index in candidates if (key := keys[index]) is not None}
         if not keyed:
             return Lookup(keys, reason="unkeyable")
-        found = await self.store.get_many([keys[index] for index in keyed])  # type: ignore[misc]
-        for index in keyed:
-            entries = found.get(keys[index])  # type: ignore[arg-type]
+        found = await self.store.get_many(list(keyed.values()))
+        for index, key in keyed.items():
+            entries = found.get(key)
             if not entries:
                 continue
             chosen = choose(entries, session)

@@ -186,7 +186,7 @@ async def _safe_lookup(memory: Memory, data: Any) -> Lookup:
 
 
 class StockMemory:
-    """The memory's part in the stock-route dispatch (`stock_route.MemoryHooks`)."""
+    """The memory's part in the stock-route dispatch (`stock_route.StockDispatch`)."""
 
     def __init__(
         self,

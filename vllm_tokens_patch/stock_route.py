@@ -14,9 +14,9 @@ could spell one) is decoded.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -24,26 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from vllm_tokens_patch.asgi_body import read_body, replaying
 from vllm_tokens_patch.id_fields import ID_FIELDS, MESSAGE_ID_FIELDS, last_assistant_with_ids
 
-
-class MemoryHooks(Protocol):
-    """The conversation memory's part in the dispatch (`memory_route.StockMemory`)."""
-
-    async def serve_tokens(
-        self, body: bytes, tokens_app: ASGIApp, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """A body with token fields: the token endpoint, with its answer recorded."""
-
-    async def serve_stock(
-        self,
-        body: bytes,
-        tokens_app: ASGIApp,
-        stock: Callable[[Scope, Receive, Send], Awaitable[None]],
-        scope: Scope,
-        receive: Receive,
-        replay: Receive,
-        send: Send,
-    ) -> None:
-        """Any other body: reused ids through the token endpoint on a hit, else `stock`; recorded."""
+if TYPE_CHECKING:  # the memory's modules load only when it is on
+    from vllm_tokens_patch.memory_route import StockMemory
 
 
 _passing: ContextVar[bool] = ContextVar("vllm_tokens_patch_stock_passing", default=False)
@@ -82,7 +64,7 @@ class StockDispatch(BaseRoute):
         router: ASGIApp,
         fields: tuple[str, ...],
         decode: Callable[[bytes], Any],
-        memory: MemoryHooks | None = None,
+        memory: StockMemory | None = None,
     ) -> None:
         self.path = path
         self.matcher = Route(path, _never_called, methods=["POST"])
