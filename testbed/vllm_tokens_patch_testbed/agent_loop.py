@@ -69,11 +69,15 @@ class Agent:
             stock = answer.json()["tokens"]
         self.turns.append(
             {
+                "id": completion.id,
                 "stock": stock,
                 "prompt": list(completion.prompt_token_ids),  # type: ignore[attr-defined]
                 "sampled": list(choice.token_ids),  # type: ignore[attr-defined]
                 "memory": raw.headers.get(MEMORY_HEADER),
                 "finish": choice.finish_reason,
+                "logprobs": [c.logprob for c in choice.logprobs.content]
+                if choice.logprobs and choice.logprobs.content
+                else None,
             }
         )
         self.messages.append(choice.message.model_dump(exclude_none=True))
@@ -85,12 +89,14 @@ class Agent:
         for call in choice.message.tool_calls:
             self.messages.append({"role": "tool", "tool_call_id": call.id, "content": f"sunny in {city}"})
 
-    def episode(self) -> None:
+    def episode(self, **options: Any) -> None:
+        """Two tool rounds, a turn cut short, a user turn; `options` go to the turns answered in text
+        (e.g. a `logit_bias`)."""
         self.tool_round("Paris")
         self.tool_round("Rome")
-        self.step(max_tokens=6)  # cut short: finish_reason "length"
+        self.step(max_tokens=6, **options)  # cut short: finish_reason "length"
         self.messages.append({"role": "user", "content": "Go on, and be brief."})
-        self.step(max_tokens=12)
+        self.step(max_tokens=12, **options)
 
 
 def starts_with_previous(turns: list[dict[str, Any]], index: int, prompt: str = "prompt") -> bool:

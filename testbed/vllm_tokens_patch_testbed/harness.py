@@ -80,40 +80,50 @@ class Script:
     error: str | None = None
     """Raise `ValueError(error)` instead of the first output, as vLLM's engine does for inputs only it
     checks (e.g. an out-of-vocabulary `logit_bias` id)."""
+    others: list[str] = field(default_factory=list)
+    """With `n > 1`: choice `i > 0` samples the tokenizer's encoding of `others[(i - 1) % len(others)]`
+    (the same as choice 0 when empty)."""
 
 
-def _output_objects(
-    request_id: str,
-    prompt: dict[str, Any],
-    token_ids: list[int],
-    text: str,
-    finished: bool,
-    finish_reason: str | None,
-) -> Any:
+@dataclass(frozen=True)
+class _Piece:
+    """One choice's part of one engine output."""
+
+    index: int
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None
+
+
+def _output_objects(request_id: str, prompt: dict[str, Any], pieces: list[_Piece], finished: bool) -> Any:
     from vllm.outputs import CompletionOutput, RequestOutput
 
     names = {f.name for f in dataclasses.fields(CompletionOutput)}
-    completion_kwargs = {
-        "index": 0,
-        "text": text,
-        "token_ids": list(token_ids),
-        "cumulative_logprob": None,
-        "logprobs": None,
-        "finish_reason": finish_reason,
-        "stop_reason": None,
-    }
-    if "weight_versions" in names:  # 0.34+: which weights sampled which output tokens
-        from vllm.outputs import WeightVersionSpan
+    completions = []
+    for piece in pieces:
+        completion_kwargs = {
+            "index": piece.index,
+            "text": piece.text,
+            "token_ids": list(piece.token_ids),
+            "cumulative_logprob": None,
+            "logprobs": None,
+            "finish_reason": piece.finish_reason,
+            "stop_reason": None,
+        }
+        if "weight_versions" in names:  # 0.34+: which weights sampled which output tokens
+            from vllm.outputs import WeightVersionSpan
 
-        completion_kwargs["weight_versions"] = [WeightVersionSpan("fake-weights", 0, len(token_ids))]
-    completion = CompletionOutput(**{k: v for k, v in completion_kwargs.items() if k in names})
+            completion_kwargs["weight_versions"] = [
+                WeightVersionSpan("fake-weights", 0, len(piece.token_ids))
+            ]
+        completions.append(CompletionOutput(**{k: v for k, v in completion_kwargs.items() if k in names}))
     return _call_with_supported(
         RequestOutput,
         request_id=request_id,
         prompt=prompt.get("prompt"),
         prompt_token_ids=list(prompt["prompt_token_ids"]),
         prompt_logprobs=None,
-        outputs=[completion],
+        outputs=completions,
         finished=finished,
     )
 
@@ -239,24 +249,40 @@ class FakeEngineMixin:
         script = self.script
         if script.error is not None:
             raise ValueError(script.error)
-        token_ids = script.token_ids or self.tokenizer.encode(script.text, add_special_tokens=False)
-        max_tokens = getattr(sampling_params, "max_tokens", None)
-        finish_reason = script.finish_reason
-        if max_tokens is not None and len(token_ids) > max_tokens:
-            token_ids = token_ids[:max_tokens]
-            finish_reason = "length"
+        choices = [
+            self._sampled(script, index, sampling_params)
+            for index in range(getattr(sampling_params, "n", 1) or 1)
+        ]
         delta = str(getattr(sampling_params, "output_kind", "")).endswith("DELTA")
-        if not delta:
-            text = self.tokenizer.decode(token_ids)
-            yield _output_objects(request_id, prompt, token_ids, text, True, finish_reason)
+        if not delta:  # one output with every choice, as vLLM's FINAL_ONLY does
+            pieces = [
+                _Piece(i, ids, self.tokenizer.decode(ids), finish) for i, (ids, finish) in enumerate(choices)
+            ]
+            yield _output_objects(request_id, prompt, pieces, True)
             return
-        for index, token_id in enumerate(token_ids):
-            last = index == len(token_ids) - 1
+        # One token of one choice per output, the choices interleaved, as vLLM's fan-out for n > 1 does.
+        steps = [
+            (i, step) for step in range(max(len(ids) for ids, _ in choices)) for i in range(len(choices))
+        ]
+        steps = [(i, step) for i, step in steps if step < len(choices[i][0])]
+        for position, (i, step) in enumerate(steps):
+            ids, finish = choices[i]
+            last = step == len(ids) - 1
             await asyncio.sleep(0)
-            piece = self.tokenizer.decode([token_id])
-            yield _output_objects(
-                request_id, prompt, [token_id], piece, last, finish_reason if last else None
-            )
+            piece = _Piece(i, [ids[step]], self.tokenizer.decode([ids[step]]), finish if last else None)
+            yield _output_objects(request_id, prompt, [piece], position == len(steps) - 1)
+
+    def _sampled(self, script: Script, index: int, sampling_params: Any) -> tuple[list[int], str]:
+        """Choice `index`'s ids and finish reason (cut to `max_tokens`)."""
+        if index == 0 or not script.others:
+            token_ids = script.token_ids or self.tokenizer.encode(script.text, add_special_tokens=False)
+        else:
+            other = script.others[(index - 1) % len(script.others)]
+            token_ids = self.tokenizer.encode(other, add_special_tokens=False)
+        max_tokens = getattr(sampling_params, "max_tokens", None)
+        if max_tokens is not None and len(token_ids) > max_tokens:
+            return list(token_ids[:max_tokens]), "length"
+        return list(token_ids), script.finish_reason
 
     async def get_supported_tasks(self) -> tuple[str, ...]:
         return ("generate",)

@@ -122,6 +122,36 @@ def test_the_echo_forms_of_real_harnesses_match(run: Any, fresh: VllmApp) -> Non
         assert prompt_of(fresh)[: len(so_far)] == so_far, name
 
 
+def answers_of(response: Any, stream: bool) -> list[dict[str, Any]]:
+    """Every choice's assistant message, by index (SSE deltas joined per choice)."""
+    if not stream:
+        return [choice["message"] for choice in sorted(response.json()["choices"], key=lambda c: c["index"])]
+    contents: dict[int, str] = {}
+    for event in parse_sse(response.text):
+        for choice in event.get("choices") or [] if isinstance(event, dict) else []:
+            delta = choice.get("delta") or {}
+            contents[choice["index"]] = contents.get(choice["index"], "") + (delta.get("content") or "")
+    return [{"role": "assistant", "content": contents[index]} for index in sorted(contents)]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_each_of_n_choices_is_its_own_branch(run: Any, fresh: VllmApp, stream: bool) -> None:
+    """`n=2` samples two answers: whichever the harness keeps, its next turn reuses that choice's ids."""
+    fresh.engine.script = Script(text="Hello there", others=["Sunny and warm."])
+    first = [{"role": "user", "content": f"Two answers at once ({stream})."}]
+    response, _ = turn(run, fresh, first, n=2, temperature=1.0, stream=stream)
+    prompt = prompt_of(fresh)
+    answers = answers_of(response, stream)
+    assert [a["content"] for a in answers] == ["Hello there", "Sunny and warm."]
+    for index, answer in enumerate(answers):
+        sampled = fresh.tokenizer.encode(answer["content"], add_special_tokens=False)
+        response, _ = turn(run, fresh, [*first, answer, USER_2])
+        assert response.headers[MEMORY_HEADER] == f"hit; messages=2; ids={len(prompt) + len(sampled)}", index
+        assert prompt_of(fresh)[: len(prompt) + len(sampled)] == prompt + sampled, f"choice {index}'s ids"
+        export = post(run, fresh, EXPORT, {"model": fresh.args.model, "messages": [*first, answer]})
+        assert export.json()["token_ids"] == prompt + sampled, index
+
+
 def test_misses_say_why_and_the_stock_answer_is_served(run: Any, fresh: VllmApp) -> None:
     first = [{"role": "user", "content": "A conversation of its own (misses)."}]
     _, answer = turn(run, fresh, first)
