@@ -149,3 +149,13 @@ def test_one_store_on_two_event_loops(redis_url: str) -> None:
 
 def _entry(ids: tuple[int, ...]) -> Entry:
     return Entry(ids=ids, turns=(), logprobs=None, session=None, created=1.0)
+
+
+def test_the_doctor_reaches_the_store_or_says_why(redis_url: str) -> None:
+    """With the client installed: a live server answers (with its entry count), a dead port does not."""
+    from vllm_tokens_patch import doctor
+
+    ok, detail = doctor._memory(redis_url)
+    assert ok is True and detail.endswith("entries)"), detail
+    ok, detail = doctor._memory("redis://127.0.0.1:9/0")
+    assert ok is False and "does not answer" in detail, detail
