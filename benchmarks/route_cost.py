@@ -38,6 +38,9 @@ same prompt:
                         assistant message was recorded (sent once before the rounds): the lookup hits, the
                         recorded ids are spliced in (the server's default verification, so vLLM also
                         renders `messages` to compare), and the new branch is recorded.
+  memory-reuse-fast     (multi-turn sizes only) the same with `"vllm_tokens_patch_verify": false` in the
+                        stock body (not a token field: a hit passes it on to the splice), so a hit is a
+                        fast-path splice plus the lookup and the recording.
 
 Rounds send every case once (the baseline `--baseline-copies` times, so that both apps serve the same
 share of requests), in a random order (seeded), after warm-up rounds; wall time (perf_counter)
@@ -83,8 +86,8 @@ FAKE_ANSWER = "Hello there"
 BASELINE = "stock-without-plugin"
 CASES = ("stock-without-plugin", "stock-with-plugin", "tokens-default", "tokens-fast", "stock-kvtp")
 CASES += ("completions-ids", "stock-opt-in", "stock-path-fast", "tokens-splice", "memory-record")
-CASES += ("memory-reuse",)
-MEMORY_CASES = ("memory-record", "memory-reuse")
+CASES += ("memory-reuse", "memory-reuse-fast")
+MEMORY_CASES = ("memory-record", "memory-reuse", "memory-reuse-fast")
 """Cases whose engine prompt is not the rendered ids (`memory-reuse`: the recorded ids + the bridge) or
 that are answered otherwise than the others: their expected engine ids are learnt from one probe request."""
 SIZES = {"1k": 1024, "4k": 4096, "16k": 16384, "32k": 32768, "multi-turn-8k": 8192, "multi-turn-32k": 32768}
@@ -276,6 +279,11 @@ def make_cases(
         reuse = reuse_messages(messages, FAKE_ANSWER)
         if reuse is not None:
             bodies["memory-reuse"] = (remembering, "/v1/chat/completions", {**base, "messages": reuse})
+            bodies["memory-reuse-fast"] = (
+                remembering,
+                "/v1/chat/completions",
+                {**base, "messages": reuse, "vllm_tokens_patch_verify": False},
+            )
         for name in CASES:
             if name not in bodies:
                 continue
