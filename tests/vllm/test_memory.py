@@ -176,29 +176,31 @@ def test_a_hit_the_splice_refuses_is_answered_by_vllms_own_route(run: Any, fresh
     assert again["role"] == "assistant"
 
 
-def test_the_same_text_with_different_ids_is_ambiguous_unless_the_user_picks(
-    run: Any, fresh: VllmApp
+@pytest.mark.parametrize("field", ["user", "session_id"])
+def test_the_same_text_with_different_ids_is_ambiguous_unless_the_session_picks(
+    run: Any, fresh: VllmApp, field: str
 ) -> None:
-    first = [{"role": "user", "content": "Twice the same answer, sampled two ways."}]
+    """`session_id` (vLLM 0.34's field; read from the body, so older releases pick by it too) or `user`."""
+    first = [{"role": "user", "content": f"Twice the same answer, sampled two ways ({field})."}]
     text = "Hello there"
     canonical = fresh.tokenizer.encode(text, add_special_tokens=False)
     by_char = spelled(fresh, text)
     answers = []
-    for user, ids in (("alice", canonical), ("bob", by_char)):
+    for who, ids in (("alice", canonical), ("bob", by_char)):
         fresh.engine.script = Script(text=text, token_ids=ids)
-        _, answer = turn(run, fresh, first, user=user)
+        _, answer = turn(run, fresh, first, **{field: who})
         answers.append(answer)
         first_prompt = prompt_of(fresh)
     assert answers[0] == answers[1]
     response, _ = turn(run, fresh, [*first, answers[0], USER_2])
     assert response.headers[MEMORY_HEADER] == "miss; reason=ambiguous"
-    response, _ = turn(run, fresh, [*first, answers[0], USER_2], user="bob")
+    response, _ = turn(run, fresh, [*first, answers[0], USER_2], **{field: "bob"})
     assert response.headers[MEMORY_HEADER].startswith("hit; messages=2")
     assert prompt_of(fresh)[len(first_prompt) : len(first_prompt) + len(by_char)] == by_char, "bob's ids"
     export = post(run, fresh, EXPORT, {"model": fresh.args.model, "messages": [*first, answers[0]]})
     assert export.status_code == 409, export.text
     export = post(
-        run, fresh, EXPORT, {"model": fresh.args.model, "messages": [*first, answers[0]], "user": "bob"}
+        run, fresh, EXPORT, {"model": fresh.args.model, "messages": [*first, answers[0]], field: "bob"}
     )
     assert export.json()["token_ids"][-len(by_char) :] == by_char
 
