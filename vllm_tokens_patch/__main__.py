@@ -1,5 +1,5 @@
-"""`python -m vllm_tokens_patch doctor [--json]` and `... tiny-model DIR` (also the `vllm-tokens-patch`
-console script)."""
+"""`python -m vllm_tokens_patch doctor [--json]`, `... tiny-model DIR` and `... tiny-vlm DIR` (also the
+`vllm-tokens-patch` console script)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tiny-model", help="write a tiny random Llama (tokenizer, ChatML template, config, weights) to DIR"
     )
     tiny.add_argument("dir", help="where to write it (created; existing files are overwritten)")
+    vlm = commands.add_parser(
+        "tiny-vlm",
+        help="write a tiny random Qwen2-VL-style vision-language model (with its processor) to DIR",
+    )
+    vlm.add_argument("dir", help="where to write it (created; existing files are overwritten)")
     args = parser.parse_args(argv)
-    if args.command == "tiny-model":
+    if args.command in ("tiny-model", "tiny-vlm"):
         from pathlib import Path
 
-        from vllm_tokens_patch.tiny_model import build_tiny_model
-
-        print(build_tiny_model(Path(args.dir).expanduser()).resolve())
+        if args.command == "tiny-vlm":
+            from vllm_tokens_patch.tiny_vlm import build_tiny_vlm as build
+        else:
+            from vllm_tokens_patch.tiny_model import build_tiny_model as build
+        print(build(Path(args.dir).expanduser()).resolve())
         return 0
 
     from vllm_tokens_patch import doctor as checks

@@ -41,6 +41,7 @@ REASONS = (
     "out_of_vocabulary",
     "context_length",
     "splice",
+    "media_runs",
     "engine_prompts",
 )
 """Why the plugin refused a request (the `reason` label); pre-created so every series starts at 0."""

@@ -7,12 +7,13 @@ request alone, before vLLM does any work.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, Field, StrictBool, StrictInt, model_validator
 
 from vllm_tokens_patch.id_fields import PREFIX_ALIASES
+from vllm_tokens_patch.media import IMAGE_PART_TYPES, MEDIA_KINDS, TEXT_PART_TYPES, content_parts, part_type
 
 if TYPE_CHECKING:
     from vllm_tokens_patch.adapters.base import RequestFields
@@ -67,8 +68,6 @@ VerifySwitch = Annotated[
     ),
 ]
 
-TEXT_PART_TYPES = frozenset({"text", "input_text", "output_text", "refusal", "thinking"})
-
 
 def build_request_model(base: type[Any], class_caches: Sequence[str]) -> type[Any]:
     """Subclass vLLM's request with `tokens` / `prefix_tokens` (exactly one) and the verify switch.
@@ -100,30 +99,35 @@ def build_request_model(base: type[Any], class_caches: Sequence[str]) -> type[An
     return model
 
 
-def _parts(content: Any) -> Iterable[Any]:
-    return content if isinstance(content, list) else ()
-
-
-def _part_type(part: Any) -> str | None:
-    if isinstance(part, dict):
-        kind = part.get("type")
-        return str(kind) if kind is not None else ("text" if "text" in part else None)
-    return getattr(part, "type", None)
-
-
-def refusal_reason(request: Any, fields: RequestFields) -> tuple[str, str] | None:
+def refusal_reason(request: Any, fields: RequestFields, images: bool = False) -> tuple[str, str] | None:
     """`(message, param)` when the route cannot honour the request as vLLM would, else None (`fields`:
-    the names of this vLLM's request fields, from its adapter)."""
+    the names of this vLLM's request fields, from its adapter; `images`: whether its render hands back
+    processed images with their placeholder positions, `Adapter.places_media`)."""
     for index, message in enumerate(request.messages):
-        content = message.get("content") if isinstance(message, dict) else getattr(message, "content", None)
-        for part in _parts(content):
-            kind = _part_type(part)
-            if kind not in TEXT_PART_TYPES:
+        for part in content_parts(message):
+            kind = part_type(part)
+            if kind in TEXT_PART_TYPES or (images and kind in IMAGE_PART_TYPES):
+                continue
+            if kind in IMAGE_PART_TYPES:
                 return (
-                    f"messages[{index}] has a {kind!r} content part: multimodal input is not supported "
-                    "with `tokens` (the ids would not carry the media placeholders vLLM expands)",
+                    f"messages[{index}] has a {kind!r} content part: images with `tokens` are not supported "
+                    "on this vLLM release, whose chat render does not hand back the processed images and "
+                    "their placeholder positions (the runs in the ids would be expanded again); see the "
+                    "releases that support them in docs/compatibility.md",
                     "messages",
                 )
+            what = MEDIA_KINDS.get(str(kind), f"{kind!r} content")
+            if images:
+                return (
+                    f"messages[{index}] has a {kind!r} content part: {what} is not supported with `tokens` "
+                    "(text and images are)",
+                    "messages",
+                )
+            return (
+                f"messages[{index}] has a {kind!r} content part: multimodal input is not supported with "
+                "`tokens` on this vLLM release (the ids would not carry the media placeholders vLLM expands)",
+                "messages",
+            )
     kv_params = getattr(request, fields.kv_transfer_params, None)
     if isinstance(kv_params, dict) and fields.reused_ids in kv_params:
         return (

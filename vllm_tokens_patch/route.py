@@ -264,7 +264,7 @@ def build_tokens_endpoint(
             )
         request = validate_body(request_model, data)
         seen.mode = "prefix_tokens" if request.prefix_tokens is not None else "tokens"
-        refusal = refusal_reason(request, adapter.fields)
+        refusal = refusal_reason(request, adapter.fields, images=adapter.places_media)
         if refusal is not None:
             message, param = refusal
             seen.refusal = param

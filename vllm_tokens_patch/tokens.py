@@ -13,7 +13,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vllm_tokens_patch import outcome, splice
+from vllm_tokens_patch import media, outcome, splice
 from vllm_tokens_patch.adapters.base import Adapter, RenderContext, RenderTarget
 from vllm_tokens_patch.id_fields import is_nemo_dialect
 from vllm_tokens_patch.mismatch_log import report_mismatch
@@ -58,9 +58,15 @@ class TokensSwap:
         return self.verify if choice is None else bool(choice)
 
     def uses_fast_path(self, request: Any, verify: bool) -> bool:
-        """Skip vLLM's render: only unverified, where this vLLM has a native branch, and not for `echo`
-        (which echoes the rendered conversation, so it is rendered as on the stock route)."""
-        return not verify and self.adapter.fast_path and not getattr(request, self.adapter.fields.echo, False)
+        """Skip vLLM's render: only unverified, where this vLLM has a native branch, not for `echo` (which
+        echoes the rendered conversation, so it is rendered as on the stock route), and not with media
+        (which only the render processes: vLLM's native branch drops or ignores them)."""
+        return (
+            not verify
+            and self.adapter.fast_path
+            and not getattr(request, self.adapter.fields.echo, False)
+            and not media.has_media(getattr(request, "messages", ()))
+        )
 
     def render_sync(
         self, render: Callable[..., Any], serving: Any, target: RenderTarget, args: Any, kwargs: Any
@@ -85,14 +91,9 @@ class TokensSwap:
         once for the sync and async render methods: it yields each call's arguments and is sent the result
         or thrown the exception; it returns what the render method returns."""
         request = args[0] if args else kwargs["request"]
-        steps = self._splice_plan(request)
-        step = _advance(steps.send, None)
-        while isinstance(step, splice.RenderAsk):
-            try:
-                rendered = yield self._stand_in(target, args, kwargs, step)
-            except Exception as exc:  # a template that refuses the stand-in conversation
-                rendered = exc
-            step = self._answer(steps, rendered)
+        if self.adapter.places_media and media.has_media(getattr(request, "messages", ())):
+            return (yield from self._media_render_calls(serving, target, args, kwargs, request))
+        step = yield from self._planned(target, args, kwargs, request)
         if isinstance(step, splice.SpliceError):
             outcome.current().refusal = "splice"
             return self.adapter.error_from_render(serving, str(step), step.param)
@@ -104,6 +105,45 @@ class TokensSwap:
         finally:
             call.undo()
         return self.finish(call, serving, args, kwargs, result)
+
+    def _media_render_calls(
+        self, serving: Any, target: RenderTarget, args: Any, kwargs: Any, request: Any
+    ) -> _RenderCalls:
+        """A request with images: the request's own render first (never the fast path), then the splice's
+        stand-ins. vLLM's API server keeps a shadow of the engine's media cache and sends an item without
+        its data once it has processed it; the render that first processes an image must therefore be the
+        one whose items reach the engine (a stand-in first would leave the engine without the data).
+        Refused after the render, the request's items are dropped from that shadow (`forget_media`)."""
+        result = yield tuple(args), dict(kwargs)
+        if self.adapter.engine_prompts(result) is None:  # vLLM refused the rendered request
+            return result
+        step = yield from self._planned(target, args, kwargs, request)
+        if isinstance(step, splice.SpliceError):
+            outcome.current().refusal = "splice"
+            self.adapter.forget_media(serving, result)
+            return self.adapter.error_from_render(serving, str(step), step.param)
+        call = _Render(request, self._spliced(request, step.value), self.wants_verify(request))
+        if is_nemo_dialect(request):
+            max_model_len = self.adapter.render_context(serving, args, kwargs).max_model_len
+            self._clamp_output(request, len(call.tokens), max_model_len)
+        answer = self.finish(call, serving, args, kwargs, result)
+        if answer is not result:
+            self.adapter.forget_media(serving, result)
+        return answer
+
+    def _planned(
+        self, target: RenderTarget, args: Any, kwargs: Any, request: Any
+    ) -> Generator[_CallArgs, Any, _Done | splice.SpliceError]:
+        """Run the splice steps, rendering each stand-in they ask for; their end (or refusal)."""
+        steps = self._splice_plan(request)
+        step = _advance(steps.send, None)
+        while isinstance(step, splice.RenderAsk):
+            try:
+                rendered = yield self._stand_in(target, args, kwargs, step)
+            except Exception as exc:  # a template that refuses the stand-in conversation
+                rendered = exc
+            step = self._answer(steps, rendered)
+        return step
 
     # --- splicing: `prefix_tokens` + the bridge ----------------------------------------------------
 
@@ -187,6 +227,8 @@ class TokensSwap:
                 context = self.adapter.render_context(serving, args, kwargs)
                 validate_ids(tokens, context)
             self.adapter.check_length(serving, request, tokens, context)
+            items = self.adapter.media_items(prompt)
+            offsets = media.place(prompt[self.adapter.prompt_ids_key], items, tokens) if items else []
         except TokensRejected as exc:
             outcome.current().refusal = exc.reason
             return self.adapter.error_from_render(serving, str(exc), exc.param)
@@ -205,6 +247,8 @@ class TokensSwap:
         prompt[ids_key] = tokens
         for key in self.adapter.derived_prompt_keys:
             prompt.pop(key, None)
+        if items:  # each item's features at its run in the client's ids
+            self.adapter.with_media_offsets(prompt, items, offsets)
         if wants_text:  # the text of what the engine is fed: the render's when the ids are the same
             prompt[text_key] = text if text is not None else prompt_text(tokens, context)
         self.adapter.after_swap(result, tokens)

@@ -189,7 +189,7 @@ BAD_INPUTS: dict[str, tuple[str, dict[str, Any]]] = {
             "messages": [
                 {
                     "role": "user",
-                    "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}],
+                    "content": [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,AA"}}],
                 }
             ],
         },

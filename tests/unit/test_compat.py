@@ -51,7 +51,7 @@ def test_ci_set_has_every_adapter_and_the_oldest_and_newest_release() -> None:
         ("0.33.0rc1", "render_chat_request_v0_27", False),
         ("0.15.1.dev3", "render_chat_request_v0_15", False),
         ("99.0.0", "render_chat_request_v0_27", False),  # newer than any row: the newest adapter
-        ("0.20.3.dev12+g1234", "render_chat_request_v0_16", False),
+        ("0.20.3.dev12+g1234", "render_chat_request_v0_17_1", False),
         ("0.14.1", "preprocess_chat_v0_13", True),
         ("0.10.2", "preprocess_chat_v0_10", True),
         ("0.10.1", None, False),

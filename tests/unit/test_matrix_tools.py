@@ -208,7 +208,8 @@ def test_the_docs_state_the_matrix_adapter_ranges() -> None:
         "preprocess_chat_v0_10": ("0.10.2", "0.12.0"),
         "preprocess_chat_v0_13": ("0.13.0", "0.14.1"),
         "render_chat_request_v0_15": ("0.15.0", "0.15.1"),
-        "render_chat_request_v0_16": ("0.16.0", "0.26.0"),
+        "render_chat_request_v0_16": ("0.16.0", "0.17.0"),
+        "render_chat_request_v0_17_1": ("0.17.1", "0.26.0"),
         "render_chat_request_v0_27": ("0.27.0", NEWEST),
     }
 
@@ -299,12 +300,12 @@ def code_line(name: str) -> str:
 def test_an_adapter_counts_as_executed_only_if_its_code_ran_on_a_release_of_its_own() -> None:
     matrix = matrix_file.load(ROOT / "compat_matrix.yaml")
     own = {"preprocess_chat_v0_10": "vllm-0.10.2", "preprocess_chat_v0_13": "vllm-0.14.1"}
-    own |= {"render_chat_request_v0_15": "vllm-0.15.1", "render_chat_request_v0_16": "vllm-0.25.1"}
-    own |= {"render_chat_request_v0_27": f"vllm-{NEWEST}"}
+    own |= {"render_chat_request_v0_15": "vllm-0.15.1", "render_chat_request_v0_16": "vllm-0.17.0"}
+    own |= {"render_chat_request_v0_17_1": "vllm-0.25.1", "render_chat_request_v0_27": f"vllm-{NEWEST}"}
     ran = {name: {code_line(name): [context], "1": ["unit"]} for name, context in own.items()}
     assert adapter_coverage.unexecuted_adapters(report(ran), ROOT, matrix) == []
     ran["preprocess_chat_v0_13"] = {"1": ["vllm-0.14.1"], code_line("preprocess_chat_v0_13"): ["unit"]}
-    ran["render_chat_request_v0_15"] = {code_line("render_chat_request_v0_15"): ["vllm-0.25.1"]}
+    ran["render_chat_request_v0_15"] = {code_line("render_chat_request_v0_15"): ["vllm-0.17.0"]}
     del ran["render_chat_request_v0_16"]
     assert adapter_coverage.unexecuted_adapters(report(ran), ROOT, matrix) == [
         "vllm_tokens_patch/adapters/preprocess_chat_v0_13.py",  # imported on its release, ran in unit only

@@ -78,6 +78,29 @@ def test_refusals_name_their_reason(fields: dict[str, Any], param: str) -> None:
     assert refusal is not None and refusal[1] == param
 
 
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA"}}
+
+
+@pytest.mark.parametrize(
+    ("part", "says"),
+    [
+        (IMAGE, None),
+        ({"type": "input_image", "image_url": "data:image/png;base64,AA"}, None),
+        ({"type": "video_url", "video_url": {"url": "x"}}, "video is not supported with `tokens`"),
+        ({"type": "input_audio", "input_audio": {}}, "audio is not supported with `tokens`"),
+        ({"type": "image_embeds", "image_embeds": "x"}, "image embeddings is not supported"),
+    ],
+)
+def test_where_images_are_placed_only_images_pass(part: dict[str, Any], says: str | None) -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": "look"}, part]}]
+    request = Model(messages=messages, tokens=[1])
+    refusal = refusal_reason(request, Adapter.fields, images=True)
+    assert (refusal is None) if says is None else (refusal is not None and says in refusal[0])
+    refused = refusal_reason(request, Adapter.fields)  # a release that cannot place them
+    assert refused is not None and refused[1] == "messages"
+    assert ("docs/compatibility.md" in refused[0]) is (says is None)
+
+
 def test_text_parts_and_plain_kv_params_are_fine() -> None:
     parts = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"text": "b"}]}]
     request = Model(messages=parts, tokens=[1], kv_transfer_params={"do_remote_prefill": False})

@@ -63,9 +63,9 @@ VLLM_NAMES = frozenset(
 """vLLM attribute, field and key names (and one private prometheus_client attribute) that only an adapter
 may name."""
 
-WIRE_CLIENTS = {"client.py", "demo.py", "tiny_model.py"}
+WIRE_CLIENTS = {"client.py", "demo.py", "tiny_model.py", "tiny_vlm.py"}
 """HTTP clients of the server: they read the response's JSON (vLLM's documented `prompt_token_ids` among
-it), the wire contract, not vLLM's objects; and the tiny model's writer, which reads the `tokenizers`
+it), the wire contract, not vLLM's objects; and the tiny models' writers, which read the `tokenizers`
 library (`get_vocab_size`), not vLLM. They are held to the module-path rule only."""
 
 ACCESSORS = frozenset({"getattr", "hasattr", "setattr", "delattr"})

@@ -11,6 +11,7 @@ release and are needed before an adapter is chosen are module-level constants he
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
@@ -120,6 +121,17 @@ class RequestFields:
 
 
 @dataclass(frozen=True)
+class MediaItem:
+    """One media item as vLLM's render placed it: its modality, its index among that modality's items, and
+    where its features go in the rendered ids (`offset`, `length`)."""
+
+    modality: str
+    index: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
 class EngineStep:
     """One output of vLLM's engine for a request: the prompt ids it was fed and, per choice, its index, the
     ids sampled (in this step; all so far when the request's outputs are cumulative) and the finish
@@ -204,6 +216,18 @@ class Adapter:
         "encoder_prompt",
     )
     """Engine-input keys that tie the ids to something else (media, embeddings, an encoder prompt)."""
+    media_prompt_kinds: ClassVar[frozenset[str]] = frozenset()
+    """Engine-input `type`s holding processed media with their placeholder positions (`placeholders_key`),
+    whose features the core can move to the client's placeholder runs; empty: images are refused."""
+    media_hashes_key: ClassVar[str] = "mm_hashes"
+    """The media engine input's `{modality: [hash]}` (the keys of vLLM's media caches)."""
+    media_cache: ClassVar[str] = "mm_processor_cache"
+    """The renderer's shadow of the engine's media cache (items it believes the engine holds)."""
+    media_cache_forget: ClassVar[str] = "invalidate"
+    """Its method dropping one hash (vLLM's own drift recovery; absent in older releases)."""
+    placeholders_key: ClassVar[str] = "mm_placeholders"
+    """The media engine input's `{modality: [range]}`, in each modality's order; a range is a dataclass
+    with `offset` and `length` (vLLM's `PlaceholderRange`), moved with `dataclasses.replace`."""
     client_error: ClassVar[Location | None] = None
     """vLLM's client-error class when it is not a `ValueError` (what `refusal_of` also accepts)."""
     stock_chat_path: ClassVar[str] = "/v1/chat/completions"
@@ -217,6 +241,11 @@ class Adapter:
     """Its method that takes `(prompt, sampling_params, request_id, ...)` and yields `RequestOutput`s."""
     route_hook_takes_app: ClassVar[bool] = True
     """Whether `route_hook` can be called with a bare app (what `doctor` does to see the route mount)."""
+
+    @property
+    def places_media(self) -> bool:
+        """Whether token-in requests may carry images (this vLLM's render hands back processed media)."""
+        return bool(self.media_prompt_kinds)
 
     @property
     def fast_path(self) -> bool:
@@ -233,9 +262,48 @@ class Adapter:
         """The engine input's kind when its ids cannot be replaced (bound to media, embeddings or an
         encoder prompt), else None."""
         kind = str(prompt.get("type", "token"))
+        if kind in self.media_prompt_kinds and self.placeholders_key in prompt:
+            return None  # the core places the media (`media_items`, `with_media_offsets`)
         if kind not in self.token_prompt_kinds or any(key in prompt for key in self.bound_prompt_keys):
             return kind
         return None
+
+    def media_items(self, prompt: Mapping[str, Any]) -> list[MediaItem] | None:
+        """The media items of an engine input the core can place, or None for a text-only input."""
+        if str(prompt.get("type")) not in self.media_prompt_kinds:
+            return None
+        placed = prompt.get(self.placeholders_key) or {}
+        return [
+            MediaItem(str(modality), index, int(where.offset), int(where.length))
+            for modality, ranges in placed.items()
+            for index, where in enumerate(ranges)
+        ]
+
+    def forget_media(self, serving: Any, result: Any) -> None:
+        """Drop a refused render's media items from the API server's shadow of the engine's media cache
+        (`media_cache` on the serving object's renderer, `media_cache_forget` per hash), so that the next
+        request with them sends their data; where this vLLM has no way to, nothing (as for its own
+        refusals after processing)."""
+        cache = getattr(getattr(serving, "renderer", None), self.media_cache, None)
+        forget = getattr(cache, self.media_cache_forget, None)
+        if not callable(forget):
+            return
+        for prompt in self.engine_prompts(result) or ():
+            for hashes in (prompt.get(self.media_hashes_key) or {}).values():
+                for mm_hash in hashes:
+                    forget(mm_hash)
+
+    def with_media_offsets(
+        self, prompt: MutableMapping[str, Any], items: Sequence[MediaItem], offsets: Sequence[int]
+    ) -> None:
+        """Move each item's placeholder range to its offset in the ids the engine is fed."""
+        placed = prompt[self.placeholders_key]
+        moved = {modality: list(ranges) for modality, ranges in placed.items()}
+        for item, offset in zip(items, offsets, strict=True):
+            moved[item.modality][item.index] = dataclasses.replace(
+                placed[item.modality][item.index], offset=offset
+            )
+        prompt[self.placeholders_key] = moved
 
     def refusal_of(self, exc: Exception) -> tuple[str, str | None] | None:
         """`(message, param)` when `exc`, raised by this release's own length check, is vLLM's client error
@@ -404,6 +472,7 @@ class Adapter:
             named["native_reuse"] = self.native_reuse
         if self.client_error is not None:
             named["client_error"] = self.client_error
+
         return named
 
     def probe(self) -> Probed:

@@ -1,10 +1,10 @@
-"""vLLM 0.16.0 - 0.26.0: as 0.15, but the rendered-prompt length check moved to the request's
+"""vLLM 0.16.0 - 0.17.0: as 0.15, but the rendered-prompt length check moved to the request's
 `TokenizeParams` (`build_tok_params(...).apply_post_tokenization`). Module moves in 0.16-0.26
 (`api_server`, `generate`, `serve`, `launchers`) do not touch the chat package this adapter reads.
 
 Upstream: vLLM's Renderer work, starting with PR #32863 "[Frontend] Use new Renderer for Completions
 and Tokenize API" (January 2026: `ChatParams` / `TokenizeParams` passed to the Renderer), first released
-in 0.16.0. It can go when the project drops vLLM < 0.27."""
+in 0.16.0. It can go when the project drops vLLM < 0.27 (0.17.1's adapter inherits it)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
-"""vLLM 0.27.0 - 0.34.0: as 0.16, plus a native reuse branch (vLLM PR #48145, for disaggregated
-prefill/decode): `kv_transfer_params["prompt_token_ids"]` makes the online renderer pop those ids and feed
-them to the engine without applying the chat template or tokenizing `messages`, while tool-choice
-validation, `adjust_request` and output parsing still run. The fast path hands `tokens` to that branch.
+"""vLLM 0.27.0 - 0.34.0: as 0.17.1 (images included), plus a native reuse branch (vLLM PR #48145, for
+disaggregated prefill/decode): `kv_transfer_params["prompt_token_ids"]` makes the online renderer pop those
+ids and feed them to the engine without applying the chat template or tokenizing `messages`, while
+tool-choice validation, `adjust_request` and output parsing still run (not for media, which that branch
+drops or ignores: requests with images are rendered). The fast path hands `tokens` to that branch.
 It has no length check (the shared core runs one) and, from 0.32, validates the ids itself (the core
 validates them first, so errors name `tokens`).
 
@@ -17,10 +18,10 @@ from collections.abc import Callable
 from typing import Any
 
 from vllm_tokens_patch.adapters.base import Location
-from vllm_tokens_patch.adapters.render_chat_request_v0_16 import RenderChatRequestV016
+from vllm_tokens_patch.adapters.render_chat_request_v0_17_1 import RenderChatRequestV0171
 
 
-class RenderChatRequestV027(RenderChatRequestV016):
+class RenderChatRequestV027(RenderChatRequestV0171):
     name = "render_chat_request_v0_27"
 
     native_reuse = Location("vllm.renderers.online_renderer", "_reused_prompt_token_ids")
