@@ -3,10 +3,10 @@
 It reports the installed vLLM (and which distribution provides it), whether vLLM will load the plugin
 (entry point visible, not excluded by `VLLM_PLUGINS`, not `VLLM_TOKENS_PATCH_DISABLE=1`), the adapter the
 compatibility matrix picks and whether that release was tested (and when), every vLLM location the
-adapter needs, whether the route mounts on an app the way vLLM builds it (from 0.15.0), the fast path, and
-the settings in force. Exit status 0 when all is well, 1 otherwise; `--json` for machines. It checks the
-environment it runs in: where vLLM cannot be imported, it tells the user to run it with the Python that
-runs `vllm serve`.
+adapter needs, whether the route mounts on an app the way vLLM builds it (from 0.15.0), the fast path,
+whether images are taken, and the settings in force. Exit status 0 when all is well, 1 otherwise;
+`--json` for machines. It checks the environment it runs in: where vLLM cannot be imported, it tells the
+user to run it with the Python that runs `vllm serve`.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class Report:
     tested: bool = False
     matrix_status: dict[str, Any] = field(default_factory=dict)
     fast_path: bool = False
+    images: bool = False
+    """Whether token-in requests may carry images on this release (`Adapter.places_media`)."""
     settings: dict[str, Any] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
 
@@ -164,7 +166,7 @@ def report() -> Report:
     if choice.adapter is None:
         return result
     adapter = load(choice.adapter)
-    result.fast_path = adapter.fast_path
+    result.fast_path, result.images = adapter.fast_path, adapter.places_media
     _targets(result, adapter)
     if not current.disabled and all(check.ok for check in result.checks if check.name.startswith("target ")):
         _mounts(result, adapter, current.route_path, current.stock_route)
@@ -207,7 +209,7 @@ def as_text(result: Report) -> str:
         f"({', '.join(f'{k} {v}' for k, v in result.distributions.items()) or 'no vllm distribution found'})",
         f"adapter {result.adapter or '-'} ({'tested' if result.tested else 'untested'}; matrix: "
         f"{json.dumps(result.matrix_status) if result.matrix_status else 'no recorded result'}); "
-        f"fast path: {'yes' if result.fast_path else 'no'}",
+        f"fast path: {'yes' if result.fast_path else 'no'}; images: {'yes' if result.images else 'no'}",
     ]
     marks = {True: "ok  ", False: "FAIL", None: "--  "}
     lines += [f"  {marks[check.ok]} {check.name}: {check.detail}" for check in result.checks]

@@ -682,6 +682,7 @@ def test_doctor_reports_this_release_in_a_fresh_process() -> None:
         True,
     )
     assert report["fast_path"] is ADAPTER.fast_path and report["ok"] is True
+    assert report["images"] is ADAPTER.places_media
     assert report["matrix_status"] == row.status
     checks = {check["name"]: check for check in report["checks"]}
     assert {f"target {role}" for role in ADAPTER.targets()} <= set(checks)
