@@ -26,17 +26,21 @@ SPECIAL_TOKENS = [
 ]
 VOCAB_SIZE = 1024
 
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% elif message['content'] %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}"
-    "{% endif %}"
+TEMPLATE_TURN_END = (
     "{% if message.get('tool_calls') %}{% for call in message['tool_calls'] %}"
     "{{ '<tool_call>' + call['function']['name'] + '</tool_call>' }}{% endfor %}{% endif %}"
     "{{ '<|im_end|>\\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""After a message's content: its tool calls, the turn's end, the generation prompt (the tiny VLM's too)."""
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% elif message['content'] %}{% for part in message['content'] %}{{ part['text'] }}{% endfor %}"
+    "{% endif %}" + TEMPLATE_TURN_END
 )
 
 _CORPUS = """
@@ -49,8 +53,15 @@ User assistant system tool function call result answer question think reason ste
 """
 
 
-def build_tiny_model(path: Path, *, with_weights: bool = True, max_position_embeddings: int = 4096) -> Path:
-    """Write tokenizer, config (dtype bfloat16) and, optionally, random float32 weights; return `path`."""
+def write_tokenizer(
+    path: Path,
+    special_tokens: list[str],
+    chat_template: str,
+    max_position_embeddings: int,
+    extra: dict[str, Any] | None = None,
+) -> tuple[dict[str, int], int]:
+    """Train a byte-level BPE on the local corpus with `special_tokens`, write it with its config
+    (`extra`: more `tokenizer_config.json` keys); return the special tokens' ids and the vocabulary size."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     path.mkdir(parents=True, exist_ok=True)
@@ -60,25 +71,25 @@ def build_tiny_model(path: Path, *, with_weights: bool = True, max_position_embe
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator([_CORPUS] * 50, trainer=trainer)
     tokenizer.save(str(path / "tokenizer.json"))
-    ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
-    vocab_size = tokenizer.get_vocab_size()
+    ids = {token: tokenizer.token_to_id(token) for token in special_tokens}
 
     (path / "tokenizer_config.json").write_text(
         json.dumps(
             {
                 "tokenizer_class": "PreTrainedTokenizerFast",
+                **(extra or {}),
                 "bos_token": None,
                 "eos_token": "<|im_end|>",
                 "pad_token": "<|endoftext|>",
                 "unk_token": None,
                 "model_max_length": max_position_embeddings,
-                "chat_template": CHAT_TEMPLATE,
+                "chat_template": chat_template,
                 "clean_up_tokenization_spaces": False,
                 "added_tokens_decoder": {
                     str(ids[token]): {
@@ -89,7 +100,7 @@ def build_tiny_model(path: Path, *, with_weights: bool = True, max_position_embe
                         "single_word": False,
                         "special": token.startswith("<|"),
                     }
-                    for token in SPECIAL_TOKENS
+                    for token in special_tokens
                 },
             },
             indent=1,
@@ -98,6 +109,12 @@ def build_tiny_model(path: Path, *, with_weights: bool = True, max_position_embe
     (path / "special_tokens_map.json").write_text(
         json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
     )
+    return ids, tokenizer.get_vocab_size()
+
+
+def build_tiny_model(path: Path, *, with_weights: bool = True, max_position_embeddings: int = 4096) -> Path:
+    """Write tokenizer, config (dtype bfloat16) and, optionally, random float32 weights; return `path`."""
+    ids, vocab_size = write_tokenizer(path, SPECIAL_TOKENS, CHAT_TEMPLATE, max_position_embeddings)
     config: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",

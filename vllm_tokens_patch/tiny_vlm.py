@@ -26,7 +26,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vllm_tokens_patch.tiny_model import _CORPUS  # the same local corpus the tiny text model trains on
+from vllm_tokens_patch.tiny_model import TEMPLATE_TURN_END, write_tokenizer  # the tiny text model's
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -41,7 +41,6 @@ SPECIAL_TOKENS = [
     "<think>",
     "</think>",
 ]
-VOCAB_SIZE = 1024
 
 # Patch geometry (Qwen2-VL family facts): 14x14 patches, 2 frames per temporal patch, 2x2 spatial merge.
 PATCH_SIZE = 14
@@ -65,12 +64,7 @@ CHAT_TEMPLATE = (
     "{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
     "{% elif 'text' in part %}{{ part['text'] }}"
     "{% endif %}{% endfor %}"
-    "{% endif %}"
-    "{% if message.get('tool_calls') %}{% for call in message['tool_calls'] %}"
-    "{{ '<tool_call>' + call['function']['name'] + '</tool_call>' }}{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    "{% endif %}" + TEMPLATE_TURN_END
 )
 
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -99,53 +93,8 @@ def num_image_tokens(height: int, width: int) -> int:
 
 def build_tiny_vlm(path: Path, *, with_weights: bool = True, max_position_embeddings: int = 4096) -> Path:
     """Write tokenizer, processor configs, config (bfloat16) and random bfloat16 weights; return `path`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    path.mkdir(parents=True, exist_ok=True)
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator([_CORPUS] * 50, trainer=trainer)
-    tokenizer.save(str(path / "tokenizer.json"))
-    ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
-    vocab_size = tokenizer.get_vocab_size()
-
-    (path / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "PreTrainedTokenizerFast",
-                "processor_class": "Qwen2VLProcessor",
-                "bos_token": None,
-                "eos_token": "<|im_end|>",
-                "pad_token": "<|endoftext|>",
-                "unk_token": None,
-                "model_max_length": max_position_embeddings,
-                "chat_template": CHAT_TEMPLATE,
-                "clean_up_tokenization_spaces": False,
-                "added_tokens_decoder": {
-                    str(ids[token]): {
-                        "content": token,
-                        "lstrip": False,
-                        "normalized": False,
-                        "rstrip": False,
-                        "single_word": False,
-                        "special": token.startswith("<|"),
-                    }
-                    for token in SPECIAL_TOKENS
-                },
-            },
-            indent=1,
-        )
-    )
-    (path / "special_tokens_map.json").write_text(
-        json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+    ids, vocab_size = write_tokenizer(
+        path, SPECIAL_TOKENS, CHAT_TEMPLATE, max_position_embeddings, {"processor_class": "Qwen2VLProcessor"}
     )
     (path / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     pixels = {

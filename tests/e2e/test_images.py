@@ -6,8 +6,6 @@ placement: the features go to the client's runs, proven against vLLM's own route
 
 from __future__ import annotations
 
-import base64
-import io
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +14,8 @@ from typing import Any
 
 import pytest
 from vllm_tokens_patch_testbed.e2e_suite import API_KEY, ARTIFACTS, post
+from vllm_tokens_patch_testbed.images import image_part as image
+from vllm_tokens_patch_testbed.images import runs
 from vllm_tokens_patch_testbed.serve import VllmServer
 
 from vllm_tokens_patch.tiny_vlm import num_image_tokens
@@ -23,19 +23,6 @@ from vllm_tokens_patch.tiny_vlm import num_image_tokens
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SIZES = [(56, 56), (100, 60), (200, 200)]
 """One image per turn: 4, 8 and 16 placeholder ids."""
-
-
-def image(width: int, height: int, seed: int) -> dict[str, Any]:
-    """A PNG data URL of a patterned image (so the vision tower's features differ across images)."""
-    from PIL import Image
-
-    picture = Image.new("RGB", (width, height))
-    picture.putdata([((x * 7 + seed * 50) % 256, (y * 5) % 256, (x * y + seed) % 256)
-                     for y in range(height) for x in range(width)])  # fmt: skip
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    return {"type": "image_url", "image_url": {"url": url}}
 
 
 @pytest.fixture(scope="module")
@@ -83,17 +70,6 @@ def chat(server: VllmServer, path: str, messages: list[dict[str, Any]], **fields
     assert response.status_code == 200, response.text
     answer: dict[str, Any] = response.json()
     return answer
-
-
-def runs(ids: list[int], pad: int) -> list[tuple[int, int]]:
-    found, start = [], None
-    for index, token in enumerate([*ids, -1]):
-        if token == pad and start is None:
-            start = index
-        elif token != pad and start is not None:
-            found.append((start, index - start))
-            start = None
-    return found
 
 
 def pad_of(server: VllmServer) -> int:

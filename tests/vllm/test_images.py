@@ -5,13 +5,12 @@ Releases whose render does not hand back processed media (`Adapter.places_media`
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 from typing import Any
 
 import pytest
 from vllm_tokens_patch_testbed.harness import VllmApp, build_vllm_app, parse_sse
+from vllm_tokens_patch_testbed.images import image_part, runs
 from vllm_tokens_patch_testbed.vllm_suite import ADAPTER, ROUTE, STOCK, post
 
 from vllm_tokens_patch.tiny_vlm import build_tiny_vlm, num_image_tokens
@@ -20,21 +19,11 @@ MAX_LEN = 1024
 LIMITS = '{"image": 4, "video": 0}'
 
 
-def image(width: int, height: int, color: tuple[int, int, int] = (200, 30, 30)) -> dict[str, Any]:
-    """An image content part (a PNG data URL, what the stock route accepts)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(buffer, format="PNG")
-    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    return {"type": "image_url", "image_url": {"url": url}}
-
-
 def text(value: str) -> dict[str, Any]:
     return {"type": "text", "text": value}
 
 
-SMALL, WIDE, LARGE = image(56, 56), image(100, 60, (10, 120, 40)), image(200, 200, (0, 0, 250))
+SMALL, WIDE, LARGE = image_part(56, 56), image_part(100, 60, 1), image_part(200, 200, 2)
 """4, 8 and 16 placeholder ids after the processor's resize and 2x2 merge."""
 ONE = [{"role": "user", "content": [text("What is this?"), SMALL]}]
 TWO = [{"role": "user", "content": [text("Compare"), SMALL, text("with"), WIDE]}]
@@ -60,18 +49,6 @@ def payload(app: VllmApp, messages: list[dict[str, Any]], **fields: Any) -> dict
 
 def pad_id(app: VllmApp) -> int:
     return int(app.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
-
-
-def runs(ids: list[int], pad: int) -> list[tuple[int, int]]:
-    """`(offset, length)` of each run of `pad` in `ids`."""
-    found, start = [], None
-    for index, token in enumerate([*ids, -1]):
-        if token == pad and start is None:
-            start = index
-        elif token != pad and start is not None:
-            found.append((start, index - start))
-            start = None
-    return found
 
 
 def placed(app: VllmApp) -> list[tuple[int, int]]:
