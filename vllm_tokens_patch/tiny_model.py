@@ -77,13 +77,17 @@ def write_tokenizer(
     )
     tokenizer.train_from_iterator([_CORPUS] * 50, trainer=trainer)
     tokenizer.save(str(path / "tokenizer.json"))
-    ids = {token: tokenizer.token_to_id(token) for token in special_tokens}
+    ids: dict[str, int] = {}
+    for token in special_tokens:
+        found = tokenizer.token_to_id(token)
+        assert found is not None, token  # a special token the trainer was given
+        ids[token] = found
 
     (path / "tokenizer_config.json").write_text(
         json.dumps(
             {
                 "tokenizer_class": "PreTrainedTokenizerFast",
-                **(extra or {}),
+                **(extra or {}),  # may name another tokenizer class
                 "bos_token": None,
                 "eos_token": "<|im_end|>",
                 "pad_token": "<|endoftext|>",

@@ -67,6 +67,10 @@ CHAT_TEMPLATE = (
     "{% endif %}" + TEMPLATE_TURN_END
 )
 
+QWEN2_TOKENIZER = {"tokenizer_class": "Qwen2TokenizerFast", "processor_class": "Qwen2VLProcessor"}
+"""transformers 4's Qwen2-VL processor accepts only a Qwen2 tokenizer class (5 accepts any); a Qwen2 fast
+tokenizer built from `tokenizer.json` is the same tokenizer."""
+
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
         "num_key_value_heads": 1}  # fmt: skip
 HEAD_DIM = TEXT["hidden_size"] // TEXT["num_attention_heads"]  # 32
@@ -94,7 +98,7 @@ def num_image_tokens(height: int, width: int) -> int:
 def build_tiny_vlm(path: Path, *, with_weights: bool = True, max_position_embeddings: int = 4096) -> Path:
     """Write tokenizer, processor configs, config (bfloat16) and random bfloat16 weights; return `path`."""
     ids, vocab_size = write_tokenizer(
-        path, SPECIAL_TOKENS, CHAT_TEMPLATE, max_position_embeddings, {"processor_class": "Qwen2VLProcessor"}
+        path, SPECIAL_TOKENS, CHAT_TEMPLATE, max_position_embeddings, QWEN2_TOKENIZER
     )
     (path / "chat_template.jinja").write_text(CHAT_TEMPLATE)
     pixels = {
