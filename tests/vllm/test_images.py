@@ -32,7 +32,10 @@ TWO = [{"role": "user", "content": [text("Compare"), SMALL, text("with"), WIDE]}
 @pytest.fixture(scope="session")
 def vision(run: Any, tmp_path_factory: pytest.TempPathFactory) -> VllmApp:
     if not ADAPTER.places_media:
-        pytest.skip(f"adapter {ADAPTER.name} refuses images (test_images_are_refused_where_...)")
+        pytest.skip(
+            f"adapter {ADAPTER.name} does not place images: "
+            "test_images_are_refused_where_this_release_cannot_place_them asserts their 400"
+        )
     model = build_tiny_vlm(tmp_path_factory.mktemp("vlm") / "tiny-vlm", with_weights=False)
     return run(build_vllm_app(Path(model), ["--limit-mm-per-prompt", LIMITS], max_model_len=MAX_LEN))
 
