@@ -27,7 +27,14 @@ CHUNK = 512
 
 
 def first_difference(rendered: Sequence[int], tokens: Sequence[int]) -> int | None:
-    """The first index at which the lists differ (a length difference counts), or None if equal."""
+    """The first index at which the lists differ (a length difference counts), or None if equal.
+
+    Both are taken as lists: a tuple never equals a list, nor does a slice of one equal a slice of the
+    other, so a render handing back a tuple would otherwise read as a difference at the first chunk."""
+    if not isinstance(rendered, list):
+        rendered = list(rendered)
+    if not isinstance(tokens, list):
+        tokens = list(tokens)
     if rendered == tokens:  # the common case, compared at C speed
         return None
     shorter = min(len(rendered), len(tokens))

@@ -50,6 +50,15 @@ def test_first_difference_on_long_lists_at_chunk_edges(at: int) -> None:
     assert first_difference(rendered[:at], rendered) == at
 
 
+@pytest.mark.parametrize(("same", "at"), [(True, None), (False, 3000)])
+def test_first_difference_across_sequence_types(same: bool, at: int | None) -> None:
+    """A render may hand back a tuple (or an array) where the client sent a list: equal ids are equal."""
+    rendered = list(range(5000))
+    tokens = list(rendered) if same else [*rendered[:3000], -1, *rendered[3001:]]
+    assert first_difference(tuple(rendered), tokens) == at
+    assert first_difference(rendered, tuple(tokens)) == at
+
+
 def test_vocabulary_bound_is_the_engines() -> None:
     assert CONTEXT.id_bound == 127
     assert RenderContext(16, 50, Tokenizer()).id_bound == 99
