@@ -20,6 +20,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 
@@ -218,6 +220,32 @@ async def refuse_failed_stream(response: StreamingResponse, adapter: Adapter) ->
     return response
 
 
+async def answer_as_the_app(raw_request: Request, exc: Exception) -> Response | None:
+    """The response the app's exception handler gives `exc` (vLLM maps a `ValueError` to a 400, an
+    `HTTPException` to its status), or None when the app has none for it here (a 500).
+
+    Called in place of Starlette's route-level handling, which looks the handler up exactly so (from the
+    handlers its exception middleware put in the scope), so the client gets the same answer and the handler
+    still runs once; the metrics then count the status the client got, not an exception."""
+    handlers = raw_request.scope.get("starlette.exception_handlers")
+    if not handlers:
+        return None
+    by_class, by_status = handlers
+    handler = by_status.get(exc.status_code) if isinstance(exc, HTTPException) else None
+    if handler is None:
+        handler = next((by_class[cls] for cls in type(exc).__mro__ if cls in by_class), None)
+    if handler is None:
+        return None
+    if inspect.iscoroutinefunction(handler):
+        response = await handler(raw_request, exc)
+    else:  # a plain function in a thread, as Starlette runs it; a callable object's coroutine awaited here
+        response = await run_in_threadpool(handler, raw_request, exc)
+        if inspect.isawaitable(response):
+            response = await response
+    # A handler that answers nothing leaves the server to answer: uvicorn's 500.
+    return response if isinstance(response, Response) else Response(status_code=500)
+
+
 def observed(endpoint: Endpoint, route: Route) -> Endpoint:
     """`endpoint` with the request's `Outcome` open while it runs (the swap writes into it), and counted
     from it once answered. Creates the metrics (at route build time, so `/metrics` lists every series from
@@ -229,13 +257,14 @@ def observed(endpoint: Endpoint, route: Route) -> Endpoint:
         with outcome.recording(route) as seen:
             try:
                 response = await endpoint(raw_request)
-            except Exception as exc:  # vLLM's handlers answer it (a body that does not parse: 400)
-                status = getattr(exc, "status_code", None)
+            except Exception as exc:  # the app's handler answers it (a body that does not parse: 400)
                 if isinstance(exc, RequestValidationError):
-                    seen.refusal, status = "invalid_request", 400
-                seen.status = status if isinstance(status, int) else 500
-                metrics.record(seen)
-                raise
+                    seen.refusal = "invalid_request"
+                response = await answer_as_the_app(raw_request, exc)
+                if response is None:  # Starlette's error middleware answers it: a 500
+                    seen.status = 500
+                    metrics.record(seen)
+                    raise
             seen.status = getattr(response, "status_code", 200)
             metrics.record(seen)
             return response

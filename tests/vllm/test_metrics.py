@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from vllm_tokens_patch_testbed.harness import VllmApp
+from vllm_tokens_patch_testbed.images import image_part
 from vllm_tokens_patch_testbed.vllm_suite import (
+    ADAPTER,
     ANSWER,
     FIRST_TURN,
     MAX_MODEL_LEN,
@@ -291,6 +293,24 @@ def test_api_servers_sharing_a_multiprocess_dir_add_up(model_dir: Path, tmp_path
     assert samples[key("verifications_total", result="mismatch")] == 2
     assert samples[key("refusals_total", reason="out_of_vocabulary")] == 2
     assert samples[key("first_mismatch_position_count")] == 2
+
+
+def test_a_400_from_vllms_own_handlers_counts_as_refused(run: Any, served: VllmApp) -> None:
+    """An image for the text model: vLLM's render refuses it (0.29+ by raising a `ValueError`, which the
+    app's handler answers with a 400), or the route does where it cannot place images. Either way the
+    client gets a 400, so the request counts as `refused`, never as an `error`."""
+    picture = [{"type": "text", "text": "What is this?"}, image_part(56, 56)]
+    tokens = served.chat_ids([{"role": "user", "content": "What is this?"}])
+    _, before = scrape(run, served)
+    response = post(run, served, ROUTE, body(served, [{"role": "user", "content": picture}], tokens=tokens))
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["message"], response.text
+    _, after = scrape(run, served)
+    refused_here = {} if ADAPTER.places_media else {key("refusals_total", reason="multimodal"): 1}
+    assert delta(before, after) == {
+        key("requests_total", route="tokens", mode="tokens", outcome="refused"): 1,
+        **refused_here,
+    }
 
 
 def test_the_stock_path_counts_its_token_requests_apart(run: Any, stocked: VllmApp) -> None:
