@@ -28,6 +28,15 @@ except ImportError as exc:  # tests/unit/test_client.py, in a subprocess
 
 STOCK_ROUTE = "/v1/chat/completions"
 
+KEEPALIVE_EXPIRY = 2.0
+"""Seconds an idle connection stays in the clients' pools: well under the 5 s after which vLLM's uvicorn
+closes one (`VLLM_HTTP_TIMEOUT_KEEP_ALIVE`). httpx's default expiry is the same 5 s, so a turn sent about
+5 s after the last (a rollout waiting on a tool) could go out on a connection the server is closing and fail
+with a `ReadError` (docs/soak-results.md)."""
+
+LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=KEEPALIVE_EXPIRY)
+"""httpx's default pool sizes, with `KEEPALIVE_EXPIRY` (a `transport` given to a client brings its own)."""
+
 
 class TokenRouteError(httpx.HTTPStatusError):
     """An error answer (any status but 2xx) from the server, with its reason: what both clients raise.
@@ -146,7 +155,11 @@ class TokenChatClient(_Payloads):
 
     def __post_init__(self) -> None:
         self._http = httpx.Client(
-            base_url=self._root, headers=self._headers, timeout=self.timeout, transport=self.transport
+            base_url=self._root,
+            headers=self._headers,
+            timeout=self.timeout,
+            limits=LIMITS,
+            transport=self.transport,
         )
 
     def close(self) -> None:
@@ -180,7 +193,11 @@ class AsyncTokenChatClient(_Payloads):
 
     def __post_init__(self) -> None:
         self._http = httpx.AsyncClient(
-            base_url=self._root, headers=self._headers, timeout=self.timeout, transport=self.transport
+            base_url=self._root,
+            headers=self._headers,
+            timeout=self.timeout,
+            limits=LIMITS,
+            transport=self.transport,
         )
 
     async def aclose(self) -> None:
