@@ -16,19 +16,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vllm_tokens_patch.log import logger
+from vllm_tokens_patch.outcome import CLIENT_CLOSED, Outcome
 
 if TYPE_CHECKING:
     from prometheus_client import Counter, Histogram
-
-    from vllm_tokens_patch.outcome import Outcome
 
 PREFIX = "vllm_tokens_patch_"
 ROUTES = ("tokens", "stock")
 """`outcome.Route`: the token route, or vLLM's own chat route taking the token fields (opt-in)."""
 MODES = ("tokens", "prefix_tokens", "unknown")
 """`outcome.Mode`: `unknown`: the body did not parse (or the route is unavailable)."""
-OUTCOMES = ("ok", "refused", "error")
-"""By the HTTP status of the answer: below 400, 4xx, 5xx (or an exception)."""
+OUTCOMES = ("ok", "refused", "error", "disconnected")
+"""By the HTTP status of the answer: below 400, 4xx, 5xx (or an exception), and `disconnected`: the client
+hung up before the answer started (`outcome.CLIENT_CLOSED`)."""
 RESULTS = ("match", "mismatch", "skipped")
 """`outcome.Result`."""
 CLOSES = ("sampled", "added", "none")
@@ -124,7 +124,8 @@ def _create() -> Metrics:
         requests=counter(
             "requests",
             "Token requests by route (tokens: the token route, stock: vLLM's chat route with the token "
-            "fields), mode (tokens, prefix_tokens, unknown) and outcome (ok, refused: 4xx, error: 5xx).",
+            "fields), mode (tokens, prefix_tokens, unknown) and outcome (ok, refused: 4xx, error: 5xx, "
+            "disconnected: the client hung up before the answer started).",
             ("route", "mode", "outcome"),
             *((route, mode, outcome) for route in ROUTES for mode in MODES for outcome in OUTCOMES),
         ),
@@ -201,4 +202,6 @@ def count_memory(result: str | None = None, records: int = 0, evictions: int = 0
 
 def outcome(status: int) -> str:
     """The `outcome` label of an HTTP status."""
+    if status == CLIENT_CLOSED:
+        return "disconnected"
     return "ok" if status < 400 else "refused" if status < 500 else "error"

@@ -41,6 +41,11 @@ class Verification:
 SKIPPED = Verification("skipped")
 
 
+CLIENT_CLOSED = 499
+"""The status recorded for a request whose client hung up before it was answered (nginx's "client closed
+request"): nobody reads the answer, the metrics count it apart."""
+
+
 @dataclass
 class Outcome:
     """One request's record. `refusal` is the reason label of a refusal by the plugin (or the field the

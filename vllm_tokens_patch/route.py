@@ -8,6 +8,7 @@ Imported only in processes that build an HTTP app.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import json
@@ -29,7 +30,7 @@ from vllm_tokens_patch import metrics, outcome
 from vllm_tokens_patch.adapters.base import Adapter
 from vllm_tokens_patch.headers import FIRST_MISMATCH_HEADER, SPLICE_HEADER, VERIFICATION_HEADER
 from vllm_tokens_patch.id_fields import IdFieldsError, choose_ids
-from vllm_tokens_patch.outcome import Outcome, Route
+from vllm_tokens_patch.outcome import CLIENT_CLOSED, Outcome, Route
 from vllm_tokens_patch.request import refusal_reason
 
 Endpoint = Callable[..., Awaitable[Any]]
@@ -184,25 +185,52 @@ def validate_body(request_model: type[Any], data: dict[str, Any]) -> Any:
         raise _shape_error(data, exc) from None
 
 
-async def refuse_failed_stream(response: StreamingResponse, adapter: Adapter) -> Response:
+async def _hung_up(raw_request: Request) -> None:
+    """Return when the client disconnects (the body is read: the next ASGI message is the disconnect)."""
+    while (await raw_request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _close(events: AsyncIterator[Any]) -> None:
+    close = getattr(events, "aclose", None)
+    if close is not None:
+        await close()
+
+
+async def refuse_failed_stream(
+    response: StreamingResponse, adapter: Adapter, raw_request: Request
+) -> Response:
     """Wait for the stream's first event before committing to HTTP 200: if vLLM's first event is an error
     (inputs only its engine checks, e.g. an out-of-vocabulary `logit_bias`), answer with its status and
     vLLM's JSON error body instead. Nothing is buffered after the first event, and closing the stream
     (client gone) still closes vLLM's generator, which aborts the request.
 
+    The wait watches the client as Starlette watches a stream it sends: a client that hangs up before the
+    first event (a long prefill, a full queue) gets vLLM's generator cancelled there and then, which aborts
+    the request in the engine, as on vLLM's own route; the answer nobody reads is a 499.
+
     The refusal carries the stream's `background` task: vLLM's `load_aware_call` hangs the decrement of
     its in-flight count there (`--enable-server-load-tracking`, `GET /load`), which would otherwise count
     every refused stream forever."""
     events = aiter(response.body_iterator)
+    waiting = asyncio.ensure_future(anext(events))
+    watching = asyncio.ensure_future(_hung_up(raw_request))
     try:
-        first = await anext(events)
+        await asyncio.wait((waiting, watching), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+    if watching.done() and not watching.cancelled():  # gone, whether or not the first event came too
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await _close(events)
+        return Response(status_code=CLIENT_CLOSED, background=response.background)
+    try:
+        first = waiting.result()
     except StopAsyncIteration:
         return response
     refused = adapter.stream_error(first)
     if refused is not None:
-        close = getattr(events, "aclose", None)
-        if close is not None:
-            await close()
+        await _close(events)
         body, status = refused
         return JSONResponse(content=body, status_code=status, background=response.background)
 
@@ -212,9 +240,7 @@ async def refuse_failed_stream(response: StreamingResponse, adapter: Adapter) ->
             async for event in events:
                 yield event
         finally:
-            close = getattr(events, "aclose", None)
-            if close is not None:
-                await close()
+            await _close(events)
 
     response.body_iterator = replay()
     return response
@@ -265,7 +291,8 @@ def observed(endpoint: Endpoint, route: Route) -> Endpoint:
                     seen.status = 500
                     metrics.record(seen)
                     raise
-            seen.status = getattr(response, "status_code", 200)
+            # None: vLLM's `with_cancellation` saw the client leave (FastAPI still answers `null`).
+            seen.status = CLIENT_CLOSED if response is None else getattr(response, "status_code", 200)
             metrics.record(seen)
             return response
 
@@ -302,7 +329,7 @@ def build_tokens_endpoint(
             )
         response = adapter.as_response(await chat_route(request, raw_request))
         if isinstance(response, StreamingResponse):
-            response = await refuse_failed_stream(response, adapter)
+            response = await refuse_failed_stream(response, adapter, raw_request)
         set_headers(response, seen)
         return response
 

@@ -83,6 +83,9 @@ class Script:
     others: list[str] = field(default_factory=list)
     """With `n > 1`: choice `i > 0` samples the tokenizer's encoding of `others[(i - 1) % len(others)]`
     (the same as choice 0 when empty)."""
+    hold: asyncio.Event | None = None
+    """Wait for it before the first output (a long prefill or a full queue): the request sits in the
+    engine until the event is set, or until it is aborted."""
 
 
 @dataclass(frozen=True)
@@ -231,6 +234,9 @@ class FakeEngineMixin:
         self.generate_kwargs: list[dict[str, Any]] = []
         """The keyword arguments of each `generate` call (e.g. 0.34's `session_id`)."""
         self.sampling_params: list[Any] = []
+        self.ended: dict[str, str] = {}
+        """Per request id, how its output generator ended: `finished`, or `aborted` (closed or cancelled
+        before its last output: vLLM's engine client aborts the request then)."""
         self.script = Script(text="Hello there")
         self.io_processor = None
         processor, self.renderer, tokenizer = _input_processor(vllm_config)
@@ -249,6 +255,9 @@ class FakeEngineMixin:
         script = self.script
         if script.error is not None:
             raise ValueError(script.error)
+        self.ended[request_id] = "aborted"
+        if script.hold is not None:
+            await script.hold.wait()
         choices = [
             self._sampled(script, index, sampling_params)
             for index in range(getattr(sampling_params, "n", 1) or 1)
@@ -258,6 +267,7 @@ class FakeEngineMixin:
             pieces = [
                 _Piece(i, ids, self.tokenizer.decode(ids), finish) for i, (ids, finish) in enumerate(choices)
             ]
+            self.ended[request_id] = "finished"
             yield _output_objects(request_id, prompt, pieces, True)
             return
         # One token of one choice per output, the choices interleaved, as vLLM's fan-out for n > 1 does.
@@ -270,6 +280,8 @@ class FakeEngineMixin:
             last = step == len(ids) - 1
             await asyncio.sleep(0)
             piece = _Piece(i, [ids[step]], self.tokenizer.decode([ids[step]]), finish if last else None)
+            if position == len(steps) - 1:
+                self.ended[request_id] = "finished"
             yield _output_objects(request_id, prompt, [piece], position == len(steps) - 1)
 
     def _sampled(self, script: Script, index: int, sampling_params: Any) -> tuple[list[int], str]:

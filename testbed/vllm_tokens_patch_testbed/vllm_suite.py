@@ -4,6 +4,8 @@ does, first)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from typing import Any
 
@@ -11,7 +13,7 @@ import vllm
 
 from vllm_tokens_patch import adapters, compat
 from vllm_tokens_patch.settings import Settings
-from vllm_tokens_patch_testbed.harness import VllmApp, app_functions, code_objects, wrappers
+from vllm_tokens_patch_testbed.harness import Script, VllmApp, app_functions, code_objects, wrappers
 
 API_KEY = "test-key"
 MAX_MODEL_LEN = 256
@@ -111,3 +113,54 @@ def rendered(run: Any, app: VllmApp, messages: list[dict[str, Any]], generation_
     response = post(run, app, STOCK, payload)
     assert response.status_code == 200, response.text
     return list(app.engine.prompts[-1]["prompt_token_ids"])
+
+
+async def hang_up_while_prefilling(app: VllmApp, path: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Send `payload` as uvicorn hands a request to the app (ASGI 2.3), hang up once the request sits in
+    the engine waiting for its first output (`Script.hold`), and return what the app sent. Fails if the
+    app is still waiting 5 s later: the engine would have prefilled for a client that is gone."""
+    hold, gone = asyncio.Event(), asyncio.Event()
+    app.engine.script = Script(text="Hello there", hold=hold)
+    pending = [{"type": "http.request", "body": json.dumps(payload).encode(), "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop()
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    headers = [(b"host", b"test"), (b"content-type", b"application/json")]
+    if "Authorization" in app.client.headers:  # `--api-key`
+        headers.append((b"authorization", app.client.headers["Authorization"].encode()))
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 50000),
+        "server": ("test", 80),
+    }
+    known = len(app.engine.prompts)
+    serving = asyncio.ensure_future(app.app(scope, receive, send))
+    try:
+        for _ in range(500):
+            if len(app.engine.prompts) > known or serving.done():
+                break
+            await asyncio.sleep(0.01)
+        assert len(app.engine.prompts) > known, f"the request never reached the engine: {sent}"
+        gone.set()
+        await asyncio.wait_for(serving, 5)
+    finally:
+        hold.set()
+        app.engine.script = Script(text="Hello there")
+    return sent

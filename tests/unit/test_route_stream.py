@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.background import BackgroundTask, BackgroundTasks
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from vllm_tokens_patch.adapters import load
@@ -32,13 +33,19 @@ SCOPE: dict[str, Any] = {"type": "http", "asgi": {"version": "3.0", "spec_versio
 class VllmStream:
     """vLLM's stream generator as `load_aware_call` returns it: its events, and whether it was closed."""
 
-    def __init__(self, events: list[str]) -> None:
+    def __init__(self, events: list[str], prefill: asyncio.Event | None = None) -> None:
         self.events = events
+        self.prefill = prefill
+        """Set when the engine's first output is ready (None: at once)."""
+        self.started = asyncio.Event()
         self.closed = False
         self.server_load = 1  # load_aware_call's increment for this request
 
     async def generator(self) -> AsyncIterator[str]:
         try:
+            self.started.set()
+            if self.prefill is not None:
+                await self.prefill.wait()
             for event in self.events:
                 yield event
         finally:
@@ -53,6 +60,18 @@ class VllmStream:
             media_type="text/event-stream",
             background=background or BackgroundTask(self.decrement),
         )
+
+
+def connected(gone: asyncio.Event | None = None) -> Request:
+    """The route's request, its body read: the next ASGI message is the disconnect, once `gone` is set
+    (never without it)."""
+    hang_up = gone or asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        await hang_up.wait()
+        return {"type": "http.disconnect"}
+
+    return Request(SCOPE, receive)
 
 
 async def serve(response: Response) -> tuple[int, bytes]:
@@ -80,7 +99,7 @@ def test_a_refused_stream_keeps_vllms_background_task() -> None:
     vllm = VllmStream([ERROR_EVENT, "data: [DONE]\n\n"])
 
     async def scenario() -> tuple[Response, int, bytes]:
-        response = await refuse_failed_stream(vllm.response(), ADAPTER)
+        response = await refuse_failed_stream(vllm.response(), ADAPTER, connected())
         return response, *(await serve(response))
 
     response, status, body = asyncio.run(scenario())
@@ -100,7 +119,7 @@ def test_a_refused_stream_keeps_every_background_task() -> None:
     tasks.add_task(vllm.decrement)
 
     async def scenario() -> int:
-        response = await refuse_failed_stream(vllm.response(tasks), ADAPTER)
+        response = await refuse_failed_stream(vllm.response(tasks), ADAPTER, connected())
         status, _ = await serve(response)
         return status
 
@@ -112,7 +131,7 @@ def test_a_good_stream_is_replayed_whole_and_closed_once_with_its_background() -
     vllm = VllmStream(DATA_EVENTS)
 
     async def scenario() -> tuple[Response, int, bytes]:
-        response = await refuse_failed_stream(vllm.response(), ADAPTER)
+        response = await refuse_failed_stream(vllm.response(), ADAPTER, connected())
         return response, *(await serve(response))
 
     response, status, body = asyncio.run(scenario())
@@ -126,7 +145,45 @@ def test_an_empty_stream_is_answered_as_vllm_made_it() -> None:
     vllm = VllmStream([])
 
     async def scenario() -> tuple[int, bytes]:
-        return await serve(await refuse_failed_stream(vllm.response(), ADAPTER))
+        return await serve(await refuse_failed_stream(vllm.response(), ADAPTER, connected()))
 
     assert asyncio.run(scenario()) == (200, b"")
+    assert vllm.closed and vllm.server_load == 0
+
+
+def test_a_client_gone_before_the_first_event_cancels_vllms_stream_at_once() -> None:
+    """A long prefill and a client that hangs up meanwhile: vLLM's generator is cancelled while it waits
+    (vLLM's engine client aborts the request then), the answer nobody reads is a 499, and the background
+    task (vLLM's load decrement) still runs once."""
+    prefill = asyncio.Event()
+    vllm = VllmStream(DATA_EVENTS, prefill)
+
+    async def scenario() -> tuple[Response, int, bytes]:
+        gone = asyncio.Event()
+        waiting = asyncio.ensure_future(refuse_failed_stream(vllm.response(), ADAPTER, connected(gone)))
+        await vllm.started.wait()
+        gone.set()
+        response = await asyncio.wait_for(waiting, 5)  # without the watch: until the prefill ends
+        return response, *(await serve(response))
+
+    response, status, body = asyncio.run(scenario())
+    assert not prefill.is_set()
+    assert not isinstance(response, StreamingResponse)
+    assert (status, body) == (499, b"")
+    assert vllm.closed and vllm.server_load == 0
+
+
+def test_a_client_still_there_gets_the_stream_after_a_long_prefill() -> None:
+    prefill = asyncio.Event()
+    vllm = VllmStream(DATA_EVENTS, prefill)
+
+    async def scenario() -> tuple[int, bytes]:
+        waiting = asyncio.ensure_future(refuse_failed_stream(vllm.response(), ADAPTER, connected()))
+        await vllm.started.wait()
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        prefill.set()
+        return await serve(await waiting)
+
+    assert asyncio.run(scenario()) == (200, "".join(DATA_EVENTS).encode())
     assert vllm.closed and vllm.server_load == 0

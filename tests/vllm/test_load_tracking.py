@@ -1,4 +1,5 @@
-"""vLLM's own in-flight count (`--enable-server-load-tracking`, `GET /load`) on the token route.
+"""vLLM's own in-flight count (`--enable-server-load-tracking`, `GET /load`) on the token route, and a
+client hanging up while its stream waits for the engine's first output.
 
 vLLM's chat route is wrapped in `load_aware_call`: +1 when a request comes in, and the -1 is the
 `background` task of the response it returns (Starlette runs it once the response is sent). The token route
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 from vllm_tokens_patch_testbed.harness import Script, VllmApp
+from vllm_tokens_patch_testbed.vllm_suite import hang_up_while_prefilling
 
 from vllm_tokens_patch.settings import Settings
 
@@ -62,3 +64,22 @@ def test_the_in_flight_count_comes_back_to_zero(
     expected = 400 if (outcome, path) == ("refused", ROUTE) else 200  # the stock route streams the error
     assert response.status_code == expected, response.text
     assert tracked.server_load_metrics == 0, f"{path} {outcome}: vLLM's load count was left at +1"
+
+
+@pytest.mark.parametrize("path", [STOCK, ROUTE])
+def test_a_client_gone_before_the_first_output_is_aborted_at_once(
+    run: Any, served: VllmApp, tracked: Any, mode: dict[str, Any], path: str
+) -> None:
+    """vLLM's own route sends its stream's headers at once and Starlette cancels the stream when the
+    client leaves, which aborts the request in the engine. The token route holds its headers until vLLM's
+    first event (to answer an engine refusal with a 4xx), so it watches for the hang-up itself: the same
+    abort, no answer that anyone reads, and vLLM's load count back to 0."""
+    fields: dict[str, Any] = {"stream": True}
+    if path == ROUTE:
+        fields.update(tokens=served.chat_ids(MESSAGES), **mode)
+    sent = run(hang_up_while_prefilling(served, path, body(served, **fields)))
+    request_id = list(served.engine.ended)[-1]
+    assert served.engine.ended[request_id] == "aborted", sent
+    assert not [m for m in sent if m["type"] == "http.response.body" and m.get("body")], sent
+    left = tracked.server_load_metrics
+    assert left == 0, f"{path}: vLLM's load count was left at {left}"

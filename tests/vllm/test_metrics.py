@@ -29,6 +29,7 @@ from vllm_tokens_patch_testbed.vllm_suite import (
     LoggerRecords,
     body,
     drifted,
+    hang_up_while_prefilling,
     post,
     rendered,
 )
@@ -310,6 +311,18 @@ def test_a_400_from_vllms_own_handlers_counts_as_refused(run: Any, served: VllmA
     assert delta(before, after) == {
         key("requests_total", route="tokens", mode="tokens", outcome="refused"): 1,
         **refused_here,
+    }
+
+
+def test_a_client_gone_before_the_first_event_counts_as_disconnected(run: Any, served: VllmApp) -> None:
+    """Not `ok` (nothing was answered), nor a refusal or an error of the server's."""
+    payload = body(served, tokens=served.chat_ids(MESSAGES), stream=True)
+    _, before = scrape(run, served)
+    run(hang_up_while_prefilling(served, ROUTE, payload))
+    _, after = scrape(run, served)
+    assert delta(before, after) == {
+        key("requests_total", route="tokens", mode="tokens", outcome="disconnected"): 1,
+        key("verifications_total", result="match"): 1,
     }
 
 
