@@ -20,8 +20,10 @@ last turn's ids. Without memory the same conversations drift: vLLM's own render 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tokenizers import Tokenizer
@@ -68,6 +70,17 @@ def served_by(server: VllmServer, ids: list[str]) -> list[str]:
     """Which API-server process served each response id (vLLM's request log)."""
     where = {rid: name for name, rid in REQUEST_LOG.findall(server.log_path.read_text(errors="replace"))}
     return [next((name for rid, name in where.items() if rid.startswith(i)), "?") for i in ids]
+
+
+def logged_servers(server: VllmServer, turns: list[dict[str, Any]]) -> list[str]:
+    """`served_by` for every turn, once vLLM's request log has a line for each (it may lag a response)."""
+    servers = served_by(server, [turn["id"] for turn in turns])
+    for _ in range(50):
+        if "?" not in servers:
+            break
+        time.sleep(0.1)
+        servers = served_by(server, [turn["id"] for turn in turns])
+    return servers
 
 
 def test_an_unmodified_agent_gets_exact_ids_every_turn(
@@ -125,6 +138,18 @@ def test_an_unmodified_agent_gets_exact_ids_every_turn(
     print(f"memory off: {len(drifted)} of {len(turns) - 1} turns would have drifted ({drifted})")
     assert drifted, "the random model's samples always drift on the stock route"
 
-    servers = served_by(server, [turn["id"] for turn in agent.turns])
+    # Which API server accepts a new connection (one per turn) is the kernel's pick: 6 turns all land on
+    # one about once in 32 runs (seen in a .ci/run). Then more turns, each a hit with the exact ids, until
+    # the other server has taken one from the shared store (20 more: all on one about once in 10**7 runs).
+    both = {"ApiServer_0", "ApiServer_1"}
+    servers = logged_servers(server, agent.turns)
+    for _ in range(20):
+        if both <= set(servers):
+            break
+        agent.messages.append({"role": "user", "content": "And now?"})
+        agent.step(max_tokens=4)
+        assert agent.turns[-1]["memory"].startswith("hit;"), agent.turns[-1]["memory"]
+        assert starts_with_previous(agent.turns, len(agent.turns) - 1)
+        servers = logged_servers(server, agent.turns)
     print(f"served by: {servers}")
-    assert set(servers) == {"ApiServer_0", "ApiServer_1"}, servers
+    assert set(servers) == both, servers
