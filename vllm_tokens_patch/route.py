@@ -287,8 +287,11 @@ def observed(endpoint: Endpoint, route: Route) -> Endpoint:
                 if isinstance(exc, RequestValidationError):
                     seen.refusal = "invalid_request"
                 response = await answer_as_the_app(raw_request, exc)
-                if response is None:  # Starlette's error middleware answers it: a 500
-                    seen.status = 500
+                if response is None:  # answered outside the route: by its status if it has one, else a 500
+                    status = getattr(exc, "status_code", None)
+                    if isinstance(exc, RequestValidationError):
+                        status = 400
+                    seen.status = status if isinstance(status, int) else 500
                     metrics.record(seen)
                     raise
             # None: vLLM's `with_cancellation` saw the client leave (FastAPI still answers `null`).
